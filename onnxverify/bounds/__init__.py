@@ -1,0 +1,78 @@
+"""Bound methods. :func:`compute_bounds` is the one entry point.
+
+Every method returns output bounds of ``C y`` (``(batch, K)``) when a spec ``C`` is
+given, else of the output itself (``(batch, *output_shape)``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..affine_maps import affine_tail, tail_matrix
+from ..backend import get_backend
+from ..errors import InputError
+from ..input_sets import InputSet
+from ..ir import Graph
+from ..spec import apply_spec_to_interval, check_spec
+from .ibp import interval_bounds
+
+METHODS = ("ibp",)
+STRATEGIES = ("constant", "tight", "adaptive")
+
+
+@dataclass
+class Bounds:
+    """``lower``/``upper``: ``(batch, K)`` with a spec, else ``(batch, *output_shape)``."""
+
+    lower: object
+    upper: object
+    method: str
+    time_s: float = 0.0
+    strategy: str | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def width(self):
+        return self.upper - self.lower
+
+
+def fold_spec_interval(bk, graph: Graph, env: dict, C, dtype):
+    """Bounds of ``C y`` from node intervals ``env``, with ``C`` folded into the affine tail.
+
+    ``C``: ``(B, K, n_out)``. Uses the tail's matrix when it is small enough, else
+    interval arithmetic on the output bounds.
+    """
+    entry, names = affine_tail(graph)
+    n_entry = graph[entry].size
+    out_lo, out_hi = env[graph.output]
+    B = out_lo.shape[0]
+    Cb = bk.asarray(C, dtype=dtype)
+    if names and n_entry * graph[graph.output].size <= 5e7:
+        A, c = tail_matrix(bk, graph, entry, names)
+        M = bk.einsum("bkn,nm->bkm", bk.asarray(C, dtype=np.float64), A)
+        lo, hi = env[entry]
+        lo = bk.asarray(bk.reshape(lo, (B, -1)), dtype=np.float64)
+        hi = bk.asarray(bk.reshape(hi, (B, -1)), dtype=np.float64)
+        l_, u_ = apply_spec_to_interval(bk, M, lo, hi)
+        off = bk.einsum("bkn,n->bk", bk.asarray(C, dtype=np.float64), c)
+        return bk.asarray(l_ + off, dtype=dtype), bk.asarray(u_ + off, dtype=dtype)
+    return apply_spec_to_interval(bk, Cb, bk.reshape(out_lo, (B, -1)), bk.reshape(out_hi, (B, -1)))
+
+
+def compute_bounds(graph: Graph, input_set: InputSet, method: str = "ibp", spec=None, strategy: str | None = None,
+                   backend=None, dtype=np.float32) -> Bounds:
+    """Sound bounds on the network output (or on ``spec @ output``) over ``input_set``."""
+    method = method.lower()
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    bk = get_backend(backend)
+    input_set = input_set.batched(graph.input_shape)
+    t0 = time.perf_counter()
+    env = interval_bounds(bk, graph, input_set, dtype)
+    lo, hi = env[graph.output]
+    if spec is not None:
+        C = check_spec(spec, lo.shape[0], graph[graph.output].size)
+        lo, hi = fold_spec_interval(bk, graph, env, C, dtype)
+    return Bounds(lo, hi, method, time.perf_counter() - t0, strategy)

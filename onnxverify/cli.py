@@ -1,0 +1,178 @@
+"""The ``onnxverify`` command line (click).
+
+Every command turns a user error (missing file, unsupported op, bad shape, NaN, eps < 0)
+into one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+
+import click
+import numpy as np
+
+from .errors import OnnxVerifyError
+
+BUNDLED_DIR = os.path.join(os.path.dirname(__file__), "data")
+BUNDLED_MODEL = os.path.join(BUNDLED_DIR, "digits_mlp.onnx")
+BUNDLED_INPUT = os.path.join(BUNDLED_DIR, "digits_x0.npy")
+
+
+def friendly_errors(fn):
+    """Print one-line errors instead of tracebacks (unless --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except (OnnxVerifyError, OSError, ValueError, MemoryError) as e:
+            if debug:
+                raise
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+        except Exception as e:  # an internal bug: still one line, with a hint
+            if debug:
+                raise
+            click.echo(f"error: internal {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                       "(rerun with --debug for the traceback)", err=True)
+            sys.exit(3)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="onnxverify")
+def main(debug):
+    """onnxverify: sound output bounds and verification for ONNX neural networks."""
+
+
+def load_network(path):
+    from . import load
+
+    return load(path)
+
+
+def load_input(path, net):
+    from .errors import InputError
+
+    if not os.path.exists(path):
+        raise InputError(f"input file not found: {path}")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise InputError(f"cannot read {path} as a .npy array ({type(e).__name__})") from None
+    return net.prepare_input(x)
+
+
+def format_table(headers, rows) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    line = "  ".join(str(h).rjust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--samples", default=16, show_default=True, help="Random inputs to compare on.")
+@click.option("--rtol", default=1e-5, show_default=True)
+@click.option("--atol", default=1e-5, show_default=True)
+@click.option("--graph", "show_graph", is_flag=True, help="Also print every IR node.")
+@friendly_errors
+def check(model, samples, rtol, atol, show_graph):
+    """Import MODEL, print its shapes and ops, and compare IR forward with onnxruntime."""
+    t0 = time.perf_counter()
+    net = load_network(model)
+    click.echo(f"model   {model}")
+    click.echo(f"input   {net.graph.input.name}  sample shape {net.input_shape}")
+    click.echo(f"output  {net.graph.output}  sample shape {net.output_shape}")
+    counts = net.graph.op_counts()
+    click.echo(format_table(["IR op", "count"], sorted(counts.items())))
+    if show_graph:
+        click.echo(net.graph.summary())
+    rep = net.check(n_samples=samples, rtol=rtol, atol=atol)
+    status = "OK" if rep.ok else "MISMATCH"
+    click.echo(f"forward vs onnxruntime on {rep.n_samples} random inputs: max abs err {rep.max_abs_error:.3g}, "
+               f"max rel err {rep.max_rel_error:.3g} -> {status} ({time.perf_counter() - t0:.2f} s)")
+    if not rep.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), help="Centre of the input set (.npy).")
+@click.option("--eps", type=float, default=None, help="Radius of the ball around the input.")
+@click.option("--norm", type=click.Choice(["inf", "1", "2"]), default="inf", show_default=True)
+@click.option("--clip", nargs=2, type=float, default=None, help="Data range LO HI for l_inf balls (e.g. 0 1).")
+@click.option("--label", type=int, default=None, help="True class: bound the margins y_label - y_j instead of the outputs.")
+@click.option("--method", default="ibp", show_default=True, help="Bound method (see `onnxverify methods`).")
+@click.option("--strategy", type=click.Choice(["constant", "tight", "adaptive"]), default=None,
+              help="Bounding-line strategy of the linear methods.")
+@click.option("--backend", default="numpy", show_default=True, help="numpy, torch, cupy or auto.")
+@click.option("--float64", "use_f64", is_flag=True, help="Compute in float64.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the bounds as JSON.")
+@friendly_errors
+def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend, use_f64, json_path):
+    """Sound bounds on MODEL's outputs (or margins) over an l_p ball.
+
+    With no arguments, runs on the bundled digits MLP and sample image.
+    """
+    from . import make_input_set, margin_spec
+    from .errors import InputError
+
+    if model is None:
+        model, input_path = BUNDLED_MODEL, input_path or BUNDLED_INPUT
+        eps = 0.02 if eps is None else eps
+        clip = clip or (0.0, 1.0)
+        if label is None:
+            label = int(open(os.path.join(BUNDLED_DIR, "digits_x0_label.txt")).read())
+        click.echo(f"(bundled example: {os.path.basename(model)}, label {label})")
+    if input_path is None or eps is None:
+        raise InputError("--input and --eps are required (or give no MODEL for the bundled example)")
+    net = load_network(model)
+    x = load_input(input_path, net)
+    spec = margin_spec([label] * x.shape[0], net.n_outputs) if label is not None else None
+    iset = make_input_set(x, eps, norm, tuple(clip) if clip else None)
+    res = net.bounds(iset, method=method, spec=spec, strategy=strategy, backend=backend,
+                     dtype=np.float64 if use_f64 else np.float32)
+    lo, hi = np.asarray(res.lower, dtype=np.float64), np.asarray(res.upper, dtype=np.float64)
+    rows = []
+    names = ([f"y{label}-y{j}" for j in range(net.n_outputs) if j != label] if label is not None
+             else [f"y{j}" for j in range(lo.reshape(lo.shape[0], -1).shape[1])])
+    for b in range(lo.shape[0]):
+        for k, name in enumerate(names):
+            rows.append([b, name, f"{lo.reshape(lo.shape[0], -1)[b, k]:.6g}", f"{hi.reshape(hi.shape[0], -1)[b, k]:.6g}"])
+    click.echo(format_table(["sample", "output", "lower", "upper"], rows))
+    click.echo(f"method {res.method}{' / ' + res.strategy if res.strategy else ''}, eps {eps} (l_{norm}), "
+               f"{res.time_s:.4f} s")
+    verified = None
+    if label is not None:
+        verified = (lo.reshape(lo.shape[0], -1) > 0).all(axis=1).tolist()
+        click.echo("verified robust: " + ", ".join("yes" if v else "no" for v in verified))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"method": res.method, "strategy": res.strategy, "lower": lo.tolist(), "upper": hi.tolist(),
+                       "time_s": res.time_s, "eps": eps, "norm": norm, "label": label, "model": model,
+                       "verified": verified}, f, indent=1)
+        click.echo(f"wrote {json_path}")
+
+
+@main.command()
+def methods():
+    """List the bound methods and strategies."""
+    from .bounds import METHODS, STRATEGIES
+
+    click.echo("methods:    " + ", ".join(METHODS))
+    click.echo("strategies: " + ", ".join(STRATEGIES))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""ONNX -> IR importer.
+
+Walks the ONNX graph once in topological order. Tensors are either *constants*
+(initializers, Constant nodes, and everything computable from them: shape arithmetic is
+folded here) or *computed* (they depend on the network input and become IR nodes).
+Every computed tensor carries a probe value: the IR evaluated at a zero input with batch
+1, which gives its shape and answers ``Shape`` nodes. Converters for each ONNX op type
+live in :mod:`onnxverify.onnx_converters`; the fusion passes run afterwards.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ModelError, UnsupportedOpError
+from .ir import Graph, Node
+
+# ONNX ops that are fine whenever all their inputs are constants (evaluated by onnx's
+# reference evaluator); on computed tensors they need a converter.
+FOLD_ONLY = {
+    "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Cast", "ConstantOfShape",
+    "Slice", "Range", "Mul", "Add", "Sub", "Div", "Equal", "Where", "Expand", "Size", "Floor",
+    "Ceil", "Sqrt", "Neg", "ReduceProd", "ReduceSum", "Transpose", "Identity", "Min", "Max",
+    "Not", "Less", "Greater", "And", "Or", "Pow", "Abs", "Clip", "Flatten", "Tile", "Split", "Constant",
+}
+
+
+@dataclass
+class ImportContext:
+    """State of one import: constants, computed tensors (name -> IR node name) and probes."""
+
+    opset: int
+    consts: dict = field(default_factory=dict)  # onnx tensor name -> np.ndarray
+    alias: dict = field(default_factory=dict)  # onnx tensor name -> IR node name
+    probes: dict = field(default_factory=dict)  # IR node name -> np.ndarray (batch 1)
+    nodes: list = field(default_factory=list)
+    used_names: set = field(default_factory=set)
+
+    def is_const(self, name: str) -> bool:
+        return name == "" or name in self.consts
+
+    def const(self, name: str):
+        return None if name == "" else self.consts[name]
+
+    def computed(self, name: str) -> str:
+        return self.alias[name]
+
+    def shape_of(self, name: str) -> tuple:
+        """Sample shape (no batch axis) of a computed ONNX tensor."""
+        return tuple(self.probes[self.alias[name]].shape[1:])
+
+    def add(self, onnx_out: str, op: str, inputs, params=None, attrs=None, source: str = "", shape=None) -> str:
+        """Append an IR node computing ONNX tensor ``onnx_out``; returns the IR name."""
+        from .ops import rule_for
+
+        name = onnx_out
+        while name in self.used_names:
+            name = name + "'"
+        self.used_names.add(name)
+        node = Node(name, op, tuple(inputs), dict(params or {}), dict(attrs or {}), tuple(shape or ()), source)
+        probe_in = [self.probes[i] for i in node.inputs]
+        try:
+            out = rule_for(op).forward(_numpy(), node, *probe_in)
+        except Exception as e:  # shape errors surface here, with the node named
+            raise ModelError(f"node {source or name} ({op}): cannot evaluate: {e}") from None
+        node.shape = tuple(out.shape[1:])
+        self.probes[name] = out
+        self.nodes.append(node)
+        self.alias[onnx_out] = name
+        return name
+
+
+def _numpy():
+    from .backend import NUMPY
+
+    return NUMPY
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def load_model(path) -> onnx.ModelProto:
+    """Read and structurally check an ONNX file, with one-line errors."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"model file not found: {path}")
+    try:
+        model = onnx.load(path)
+    except Exception as e:
+        raise ModelError(f"cannot read {path} as ONNX ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if len(model.graph.node) == 0:
+        raise ModelError(f"{path}: the ONNX graph has no nodes (is this an ONNX model?)")
+    return model
+
+
+def _fold(node: onnx.NodeProto, inputs: list, opset: int) -> list:
+    """Evaluate one ONNX node on constant inputs with onnx's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
+    tmp = onnx.helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))],
+                                domain=node.domain)
+    tmp.attribute.extend(node.attribute)
+    feeds = {n: v for n, v in zip(names, inputs) if n}
+    g = onnx.helper.make_graph(
+        [tmp], "fold",
+        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for n, v in feeds.items()],
+        [onnx.helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None) for k in range(len(node.output))],
+    )
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    return ReferenceEvaluator(m).run(None, feeds)
+
+
+def _graph_input(model: onnx.ModelProto):
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"onnxverify supports models with exactly one input; this one has {len(inputs)}: "
+                         f"{[i.name for i in inputs]}")
+    vi = inputs[0]
+    tt = vi.type.tensor_type
+    if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+        raise ModelError(f"input {vi.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}; "
+                         "only floating-point inputs are supported")
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+    if len(dims) < 2:
+        raise ModelError(f"input {vi.name} has shape {dims}; a leading batch axis is required")
+    if not (isinstance(dims[0], str) or dims[0] == 1):
+        raise ModelError(f"input {vi.name} has batch dimension {dims[0]}; expected 1 or a symbolic name")
+    sample = dims[1:]
+    if any(not isinstance(d, int) or d <= 0 for d in sample):
+        raise ModelError(f"input {vi.name} has non-static sample dimensions {sample}")
+    return vi.name, tuple(sample)
+
+
+def _check_finite(model: onnx.ModelProto):
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise ModelError(f"initializer {init.name} has {bad} NaN/Inf value(s)")
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 13
+
+
+def import_model(model_or_path, fuse: bool = True) -> Graph:
+    """ONNX model (or path) -> :class:`Graph`. Raises :class:`ModelError` with one line."""
+    from .onnx_converters import CONVERTERS, convert_node
+
+    model = load_model(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
+    _check_finite(model)
+    opset = _opset(model)
+    ctx = ImportContext(opset=opset)
+    for init in model.graph.initializer:
+        ctx.consts[init.name] = numpy_helper.to_array(init)
+    in_name, in_shape = _graph_input(model)
+    ctx.used_names.add(in_name)
+    ctx.nodes.append(Node(in_name, "Input", (), {}, {}, in_shape, "graph input"))
+    ctx.alias[in_name] = in_name
+    ctx.probes[in_name] = np.zeros((1,) + in_shape, dtype=np.float32)
+
+    unknown = [(n.op_type, n.name or n.output[0]) for n in model.graph.node
+               if (n.domain, n.op_type) not in CONVERTERS and not (n.domain in ("", "ai.onnx") and n.op_type in FOLD_ONLY)]
+    if unknown:
+        raise UnsupportedOpError(unknown)
+
+    nodes = _toposort(model.graph)
+    fold_only_computed = []
+    for node in nodes:
+        label = node.name or node.output[0]
+        if node.op_type == "Constant":
+            ctx.consts[node.output[0]] = _constant_value(node)
+            continue
+        if all(ctx.is_const(i) for i in node.input) and node.domain in ("", "ai.onnx"):
+            try:
+                outs = _fold(node, [ctx.const(i) for i in node.input], opset)
+            except Exception as e:
+                raise ModelError(f"node {label} ({node.op_type}): cannot fold constants: {str(e)[:200]}") from None
+            for name, val in zip(node.output, outs):
+                ctx.consts[name] = np.asarray(val)
+            continue
+        if any(i and i not in ctx.alias and i not in ctx.consts for i in node.input):
+            continue  # downstream of an unsupported node, which is reported already
+        if (node.domain, node.op_type) not in CONVERTERS:
+            fold_only_computed.append((node.op_type, label))
+            continue
+        convert_node(ctx, node, _attrs(node), label)
+    if fold_only_computed:
+        raise UnsupportedOpError([(op, f"{name} (on a computed tensor)") for op, name in fold_only_computed])
+
+    outs = [o.name for o in model.graph.output]
+    if len(outs) != 1:
+        raise ModelError(f"onnxverify supports models with exactly one output; this one has {len(outs)}: {outs}")
+    if outs[0] not in ctx.alias:
+        raise ModelError(f"output {outs[0]} does not depend on the input (constant network)")
+    out_ir = ctx.alias[outs[0]]
+    used = _reachable(ctx.nodes, out_ir)
+    graph = Graph([n for n in ctx.nodes if n.name in used], out_ir)
+    if fuse:
+        from .passes import fuse_affine
+
+        graph = fuse_affine(graph)
+    return graph
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    a = _attrs(node)
+    if "value" in a:
+        return numpy_helper.to_array(a["value"])
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in a:
+            return np.asarray(a[key], dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in a:
+            return np.asarray(list(a[key]), dtype=dtype)
+    raise ModelError(f"Constant node {node.name or node.output[0]}: unsupported attribute {list(a)}")
+
+
+def _toposort(graph: onnx.GraphProto) -> list:
+    """ONNX nodes in a valid topological order (most files are already sorted)."""
+    produced = {o for n in graph.node for o in n.output}
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    order = []
+    while pending:
+        progress = []
+        rest = []
+        for n in pending:
+            if all(i in available or i not in produced for i in n.input):
+                progress.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if not progress:
+            raise ModelError(f"the ONNX graph has a cycle through node {rest[0].name or rest[0].output[0]}")
+        order.extend(progress)
+        pending = rest
+    return order
+
+
+def _reachable(nodes: list, output: str) -> set:
+    by_name = {n.name: n for n in nodes}
+    keep, stack = set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        stack.extend(by_name[name].inputs)
+    keep.add(next(n.name for n in nodes if n.op == "Input"))
+    return keep

@@ -1,0 +1,451 @@
+"""Per-batch schedules for certified training (pure Python / numpy; no torch import).
+
+Every schedule is a function of a float **epoch position** ``t = epoch + batch_index /
+batches_per_epoch`` (epochs counted from 0), so the value changes every batch; use
+:func:`epoch_position` to compute ``t``.
+
+* :class:`EpsSchedule` -- perturbation radius: 0 before ``start_epoch``, then a ramp of
+  ``ramp_epochs`` epochs to ``eps_max`` ("linear" or "smoothed"), then ``eps_max``.
+* :func:`kappa` / :func:`beta_schedule` -- the loss mixing weights of PAPER_NOTES.md §4,
+  ``(eps_max - eps_t (1 - end)) / eps_max``: 1 at ``eps_t = 0``, ``end`` at ``eps_max``.
+* :class:`EtaSchedule` -- LeakyReLU/ParamRamp slope, e.g. "0.01→0": held at ``eta_start``,
+  then lowered to ``eta_end`` over a ramp.
+* :class:`LrSchedule` -- step decay: ``lr * gamma ** (number of milestones <= t)``.
+* :data:`PRESETS` -- :class:`TrainingPreset` recipes (paper settings, fast-training settings,
+  a tiny recipe for tests).
+
+Smoothed ramp
+-------------
+With ``s`` the ramp fraction in ``[0, 1]``, mid point ``m = 0.25`` and power ``p = 4``::
+
+    g(s) = a s^p                              for 0 <= s <= m
+    g(s) = a m^p + p a m^(p-1) (s - m)        for m <= s <= 1
+    a    = 1 / (m^(p-1) (p - (p - 1) m))      (so that g(1) = 1)
+
+The linear piece matches the power curve's value and slope at ``s = m``, so ``g`` is C1 on
+``[0, 1]`` (and C1 at the start of the ramp, where value and slope are 0); it is monotone and
+never above the linear ramp ``g(s) = s``.  For ``m = 1/4, p = 4``: ``a = 256/13``,
+``g(s) = (256/13) s^4`` up to ``s = 1/4`` (where ``g = 1/13``), then ``g(s) = (16 s - 3)/13``.
+This is the same curve as auto_LiRPA's / CROWN-IBP's ``SmoothedScheduler`` (there in batch
+steps).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = [
+    "RAMP_KINDS",
+    "epoch_position",
+    "ramp_fraction",
+    "smoothed_fraction",
+    "EpsSchedule",
+    "kappa",
+    "beta_schedule",
+    "EtaSchedule",
+    "LrSchedule",
+    "TrainingPreset",
+    "PRESETS",
+    "get_preset",
+]
+
+RAMP_KINDS = ("linear", "smoothed")
+SMOOTH_MID = 0.25
+SMOOTH_POWER = 4.0
+
+
+def epoch_position(epoch: int, batch_index: int, batches_per_epoch: int) -> float:
+    """``t = epoch + batch_index / batches_per_epoch`` (the position of a batch in epochs)."""
+    if batches_per_epoch <= 0:
+        raise ValueError(f"batches_per_epoch must be positive, got {batches_per_epoch}")
+    return float(epoch) + float(batch_index) / float(batches_per_epoch)
+
+
+def smoothed_fraction(s: float, mid: float = SMOOTH_MID, power: float = SMOOTH_POWER) -> float:
+    """The smoothed ramp ``g(s)`` on ``[0, 1]`` (see the module docstring); clamps ``s``."""
+    if not 0.0 < mid < 1.0:
+        raise ValueError(f"mid must be in (0, 1), got {mid}")
+    if power < 1.0:
+        raise ValueError(f"power must be >= 1, got {power}")
+    s = min(max(float(s), 0.0), 1.0)
+    a = 1.0 / (mid ** (power - 1.0) * (power - (power - 1.0) * mid))
+    if s <= mid:
+        return a * s ** power
+    return min(a * mid ** power + power * a * mid ** (power - 1.0) * (s - mid), 1.0)
+
+
+def ramp_fraction(t: float, start: float, length: float, kind: str = "linear") -> float:
+    """Progress in ``[0, 1]`` of a ramp beginning at epoch ``start`` lasting ``length`` epochs.
+
+    0 for ``t <= start``, 1 for ``t >= start + length`` (a zero-length ramp is a step at
+    ``start``).  ``kind`` is "linear" or "smoothed".
+    """
+    if kind not in RAMP_KINDS:
+        raise ValueError(f"unknown ramp kind {kind!r}; expected one of {RAMP_KINDS}")
+    t = float(t)
+    if t < start:
+        return 0.0
+    if length <= 0 or t >= start + length:
+        return 1.0
+    s = (t - start) / length
+    return s if kind == "linear" else smoothed_fraction(s)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in RAMP_KINDS:
+        raise ValueError(f"unknown ramp kind {kind!r}; expected one of {RAMP_KINDS}")
+
+
+@dataclass(frozen=True)
+class EpsSchedule:
+    """Perturbation radius per batch: 0 before ``start_epoch``, ramp over ``ramp_epochs`` to
+    ``eps_max`` (reached exactly at ``start_epoch + ramp_epochs``), ``eps_max`` after."""
+
+    eps_max: float
+    start_epoch: float = 0.0
+    ramp_epochs: float = 0.0
+    kind: str = "linear"
+
+    def __post_init__(self) -> None:
+        _check_kind(self.kind)
+        if self.eps_max < 0:
+            raise ValueError(f"eps_max must be >= 0, got {self.eps_max}")
+        if self.start_epoch < 0 or self.ramp_epochs < 0:
+            raise ValueError("start_epoch and ramp_epochs must be >= 0")
+
+    @property
+    def end_epoch(self) -> float:
+        """Epoch position at which ``eps_max`` is reached."""
+        return float(self.start_epoch) + float(self.ramp_epochs)
+
+    def fraction(self, t: float) -> float:
+        return ramp_fraction(t, self.start_epoch, self.ramp_epochs, self.kind)
+
+    def value(self, t: float) -> float:
+        if self.eps_max == 0:
+            return 0.0
+        f = self.fraction(t)
+        return float(self.eps_max) if f >= 1.0 else float(self.eps_max) * f
+
+    __call__ = value
+
+    def in_ramp(self, t: float) -> bool:
+        """True while ``start_epoch <= t < start_epoch + ramp_epochs`` (the warm-up)."""
+        return self.start_epoch <= float(t) < self.end_epoch
+
+
+def kappa(eps_t: float, eps_max: float, kappa_end: float) -> float:
+    """Weight of the clean loss: ``(eps_max - eps_t (1 - kappa_end)) / eps_max``.
+
+    1 at ``eps_t = 0``, ``kappa_end`` at ``eps_t = eps_max`` (linear in ``eps_t`` between);
+    ``eps_max = 0`` gives 1.  ``eps_t`` is clamped to ``[0, eps_max]``.
+    """
+    eps_max = float(eps_max)
+    if eps_max <= 0:
+        return 1.0
+    e = min(max(float(eps_t), 0.0), eps_max)
+    return (eps_max - e * (1.0 - float(kappa_end))) / eps_max
+
+
+def beta_schedule(eps_t: float, eps_max: float, beta_end: float) -> float:
+    """CROWN-IBP mixing weight ``beta`` (1 → ``beta_end``), the same formula as :func:`kappa`.
+
+    The bound used in the loss is ``(1 - beta) l_IBP + beta l_CROWN-IBP``; skip the CROWN-IBP
+    pass once ``beta`` is ~0.
+    """
+    return kappa(eps_t, eps_max, beta_end)
+
+
+@dataclass(frozen=True)
+class EtaSchedule:
+    """Activation leak slope per batch: ``eta_start`` until ``start_epoch``, then moved to
+    ``eta_end`` over ``ramp_epochs`` ("smoothed" by default), ``eta_end`` after.
+
+    "0.01→0" is ``EtaSchedule(0.01, 0.0, start, ramp)``; models are evaluated at ``eta_end``.
+    """
+
+    eta_start: float
+    eta_end: float
+    start_epoch: float = 0.0
+    ramp_epochs: float = 0.0
+    kind: str = "smoothed"
+
+    def __post_init__(self) -> None:
+        _check_kind(self.kind)
+        if self.start_epoch < 0 or self.ramp_epochs < 0:
+            raise ValueError("start_epoch and ramp_epochs must be >= 0")
+
+    @property
+    def end_epoch(self) -> float:
+        return float(self.start_epoch) + float(self.ramp_epochs)
+
+    def value(self, t: float) -> float:
+        f = ramp_fraction(t, self.start_epoch, self.ramp_epochs, self.kind)
+        if f >= 1.0:
+            return float(self.eta_end)
+        return float(self.eta_start) + (float(self.eta_end) - float(self.eta_start)) * f
+
+    __call__ = value
+
+    @classmethod
+    def constant(cls, eta: float) -> "EtaSchedule":
+        return cls(eta, eta, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """Step decay: ``lr * gamma ** k`` with ``k`` the number of milestones ``<= t``.
+
+    A milestone ``m`` takes effect from the start of epoch ``m`` (0-based), like
+    ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch.
+    """
+
+    lr: float
+    milestones: Tuple[float, ...] = ()
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        ms = tuple(sorted(float(m) for m in self.milestones))
+        object.__setattr__(self, "milestones", ms)
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+
+    def value(self, t: float) -> float:
+        k = bisect.bisect_right(self.milestones, float(t))
+        return float(self.lr) * float(self.gamma) ** k
+
+    __call__ = value
+
+
+# --------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    """A training recipe.  Epochs are 0-based; ``eps_start`` is the first epoch with
+    ``eps > 0`` and the ramp reaches ``eps_train`` at ``eps_start + eps_ramp``.
+
+    ``eps_train``/``eps_test`` are in raw pixel units (divide by the data set's std for a
+    normalised input; see ``training.data.Dataset.eps_normalized``).  ``method`` is "ibp" or
+    "crown-ibp"; ``kappa_end``/``beta_end`` feed :func:`kappa`/:func:`beta_schedule`.
+    ``reg_lambda``/``reg_tau`` are the fast-training warm-up regularisers (0 = off), applied
+    only during the eps ramp with weight ``reg_lambda (1 - eps_t / eps_max)``.
+    """
+
+    name: str
+    dataset: str                       # "mnist" | "cifar10" | "digits"
+    model: str                         # architecture name (PAPER_NOTES.md §3)
+    eps_train: float
+    eps_test: Tuple[float, ...]
+    batch_size: int
+    epochs: int
+    lr: float
+    lr_milestones: Tuple[int, ...]
+    lr_gamma: float
+    eps_start: float
+    eps_ramp: float
+    eps_kind: str = "smoothed"
+    optimizer: str = "adam"
+    method: str = "ibp"                # "ibp" | "crown-ibp"
+    kappa_end: float = 0.0
+    beta_end: float = 0.0
+    eta_start: float = 0.01            # ParamRamp / LeakyReLU slope, "0.01→0"
+    eta_end: float = 0.0
+    eta_kind: str = "smoothed"
+    grad_clip: Optional[float] = None  # max gradient norm, None = no clipping
+    reg_lambda: float = 0.0
+    reg_tau: float = 0.5
+    init: str = "default"              # "default" | "ibp" (fast-training IBP initialisation)
+    batchnorm: bool = False
+    augment: bool = False
+    weight_decay: float = 0.0
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        _check_kind(self.eps_kind)
+        _check_kind(self.eta_kind)
+        if self.method not in ("ibp", "crown-ibp"):
+            raise ValueError(f"method must be 'ibp' or 'crown-ibp', got {self.method!r}")
+        object.__setattr__(self, "eps_test", tuple(float(e) for e in self.eps_test))
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+
+    # -- schedules ------------------------------------------------------------------------
+    def eps_schedule(self) -> EpsSchedule:
+        return EpsSchedule(self.eps_train, self.eps_start, self.eps_ramp, self.eps_kind)
+
+    def lr_schedule(self) -> LrSchedule:
+        return LrSchedule(self.lr, self.lr_milestones, self.lr_gamma)
+
+    def eta_schedule(self) -> EtaSchedule:
+        """eta held at ``eta_start`` through the clean epochs, lowered to ``eta_end`` over the
+        eps ramp (our choice of timing: the notes only say "held, then lowered, smoothed")."""
+        return EtaSchedule(self.eta_start, self.eta_end, self.eps_start, self.eps_ramp, self.eta_kind)
+
+    def kappa_at(self, t: float) -> float:
+        return kappa(self.eps_schedule().value(t), self.eps_train, self.kappa_end)
+
+    def beta_at(self, t: float) -> float:
+        return beta_schedule(self.eps_schedule().value(t), self.eps_train, self.beta_end)
+
+    @property
+    def clean_epochs(self) -> float:
+        return float(self.eps_start)
+
+    @property
+    def full_eps_epochs(self) -> float:
+        return float(self.epochs) - float(self.eps_start) - float(self.eps_ramp)
+
+    # -- conversion -------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainingPreset":
+        return dataclasses.replace(self, **changes)
+
+
+# Paper settings (PAPER_NOTES.md §4): the numbers below are the paper's (which follows
+# CROWN-IBP's DM-large configs).  Items the notes do not fix are marked "(CROWN-IBP config)"
+# where taken from CROWN-IBP's public configs, or "(choice)".
+_MNIST_PAPER = TrainingPreset(
+    name="mnist-paper",
+    dataset="mnist",
+    model="dm-large",
+    eps_train=0.4,
+    eps_test=(0.2, 0.3, 0.4),
+    batch_size=256,
+    epochs=200,
+    optimizer="adam",
+    lr=5e-4,
+    lr_milestones=(130, 190),
+    lr_gamma=0.1,
+    eps_start=10,          # eps = 0 for epochs 0-9
+    eps_ramp=50,           # ramp during epochs 10-60, eps_max from epoch 60 on
+    eps_kind="linear",     # (CROWN-IBP config: its MNIST DM-large runs use a linear ramp)
+    method="ibp",          # the paper reports both IBP- and CROWN-IBP-trained MNIST nets
+    kappa_end=0.0,
+    beta_end=0.0,          # CROWN-IBP: beta 1 -> 0
+    eta_start=0.01,
+    eta_end=0.0,
+    notes="Paper MNIST setting (DM-large, eps 0.4). Use method='crown-ibp' for the CROWN-IBP run.",
+)
+
+_CIFAR_PAPER = TrainingPreset(
+    name="cifar-paper",
+    dataset="cifar10",
+    model="dm-large",
+    eps_train=8.8 / 255,
+    eps_test=(8.0 / 255,),
+    batch_size=1024,       # paper's number (CROWN-IBP: 512 per step x batch multiplier 2)
+    epochs=3200,           # paper's number
+    optimizer="adam",
+    lr=5e-4,               # (CROWN-IBP config)
+    lr_milestones=(2600, 3040),  # (CROWN-IBP config)
+    lr_gamma=0.1,          # (CROWN-IBP config)
+    eps_start=320,         # (CROWN-IBP config: schedule_start 320)
+    eps_ramp=1600,         # (CROWN-IBP config: schedule_length 1601 epochs incl. the start)
+    eps_kind="smoothed",   # (CROWN-IBP config)
+    method="crown-ibp",    # the paper's 8/255 CIFAR results are CROWN-IBP-trained
+    kappa_end=0.0,
+    beta_end=0.0,          # CROWN-IBP: beta 1 -> 0
+    eta_start=0.01,
+    eta_end=0.0,
+    augment=True,
+    notes="Paper CIFAR-10 setting (DM-large, train 8.8/255, test 8/255). Numbers are the paper's.",
+)
+
+_CIFAR_PAPER_2 = _CIFAR_PAPER.replace(
+    name="cifar-paper-2.2",
+    eps_train=2.2 / 255,
+    eps_test=(2.0 / 255,),
+    method="ibp",          # the paper's 2/255 CIFAR results are IBP-trained
+    beta_end=1.0,          # (CROWN-IBP config for 2/255 sets final beta 1, used with crown-ibp)
+    notes="Paper CIFAR-10 variant: train 2.2/255, test 2/255. Numbers are the paper's.",
+)
+
+# Fast training with short warm-up (Shi et al., NeurIPS 2021), PAPER_NOTES.md §4: CNN-7+BN,
+# IBP initialisation, warm-up regularisers (lambda 0.5, tau 0.5), Adam 5e-4, grad clip 10.
+_FAST_CIFAR = TrainingPreset(
+    name="fast-cifar",
+    dataset="cifar10",
+    model="cnn7-bn",
+    eps_train=8.0 / 255,   # fast training trains at the test eps
+    eps_test=(8.0 / 255,),
+    batch_size=128,        # (fast-training repository's CIFAR config; not in the notes)
+    epochs=160,            # 1 clean + 80 ramp + 79 at full eps
+    optimizer="adam",
+    lr=5e-4,
+    lr_milestones=(120, 140),
+    lr_gamma=0.2,
+    eps_start=1,
+    eps_ramp=80,
+    eps_kind="smoothed",
+    method="ibp",
+    kappa_end=0.0,         # (choice) pure IBP loss once eps is at its maximum
+    grad_clip=10.0,
+    reg_lambda=0.5,
+    reg_tau=0.5,
+    init="ibp",
+    batchnorm=True,
+    augment=True,
+    notes="Fast certified training, CIFAR-10 8/255, 160 epochs.",
+)
+
+# MNIST fast recipe: 70 epochs, ramp of 20 epochs, lr x0.2 at 50 and 60, batch 256 -- the
+# fast-training repository's MNIST setting (its `--length 20` preset: start=2 in its 1-based
+# epochs, i.e. one clean epoch; its README example uses start=1, no clean epoch).  We keep
+# one clean epoch, matching the CIFAR recipe.
+_FAST_MNIST = _FAST_CIFAR.replace(
+    name="fast-mnist",
+    dataset="mnist",
+    eps_train=0.4,
+    eps_test=(0.4,),
+    batch_size=256,        # (fast-training repository's MNIST config)
+    epochs=70,             # 1 clean + 20 ramp + 49 at full eps
+    lr_milestones=(50, 60),
+    eps_start=1,
+    eps_ramp=20,
+    augment=False,
+    notes="Fast certified training, MNIST 0.4, 70 epochs (see the comment in schedules.py).",
+)
+
+# Tiny recipe for tests and smoke runs (all numbers are a choice).
+_DIGITS_QUICK = TrainingPreset(
+    name="digits-quick",
+    dataset="digits",
+    model="small",
+    eps_train=0.1,
+    eps_test=(0.1,),
+    batch_size=64,
+    epochs=6,
+    optimizer="adam",
+    lr=1e-3,
+    lr_milestones=(5,),
+    lr_gamma=0.5,
+    eps_start=1,
+    eps_ramp=3,
+    eps_kind="smoothed",
+    method="ibp",
+    kappa_end=0.5,         # keep half the clean loss: a few epochs are not enough for pure IBP
+    eta_start=0.01,
+    eta_end=0.0,
+    notes="A few epochs on scikit-learn's 8x8 digits, for tests.",
+)
+
+PRESETS: Dict[str, TrainingPreset] = {
+    p.name: p
+    for p in (_MNIST_PAPER, _CIFAR_PAPER, _CIFAR_PAPER_2, _FAST_CIFAR, _FAST_MNIST, _DIGITS_QUICK)
+}
+
+
+def get_preset(name: str, **overrides: Any) -> TrainingPreset:
+    """A preset by name, with fields replaced by ``overrides``."""
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+    return preset.replace(**overrides) if overrides else preset
