@@ -151,6 +151,16 @@ def pool_geometry(hw, kernel, stride, pads, dilation, ceil_mode):
     return (ho, wo), [(0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w)]
 
 
+def window_views(x, kernel, stride, dilation, out_hw):
+    """Yield, per kernel offset (row-major), the view ``(..., Ho, Wo)`` of ``x`` (already
+    padded) seen at that offset by every window. Plain slicing: works for numpy, cupy, torch."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            yield x[..., r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw]
+
+
 def avg_pool_divisor(hw, kernel, stride, pads, ceil_mode, count_include_pad) -> np.ndarray:
     """Divisor of each AveragePool window, shape ``(Ho, Wo)``: cells inside the input
     (plus explicit pads when ``count_include_pad``); ceil-mode overhang never counts."""

@@ -174,5 +174,23 @@ def methods():
     click.echo("strategies: " + ", ".join(STRATEGIES))
 
 
+def _register_subcommands():
+    """Commands that live next to their feature: each module exports ``COMMANDS``."""
+    import importlib
+
+    for mod in ("onnxverify.verify_cli", "onnxverify.status_cli", "onnxverify.training.cli"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:  # feature not present in this checkout
+                continue
+            raise
+        for cmd in m.COMMANDS:
+            main.add_command(cmd)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":
     main()

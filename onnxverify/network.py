@@ -69,11 +69,11 @@ class Network:
         return bk.to_numpy(y) if backend is None or get_backend(backend).name == "numpy" else y
 
     def bounds(self, input_set: InputSet, method: str = "ibp", spec=None, strategy: str | None = None,
-               backend=None, dtype=np.float32) -> Bounds:
+               backend=None, dtype=np.float32, max_memory: int | None = None, intersect_ibp: bool = True) -> Bounds:
         """Sound bounds of the output (or of ``spec @ output``, ``spec`` ``(K, n_out)`` or
         ``(batch, K, n_out)``) for all inputs in ``input_set``. Arrays come back as NumPy
-        unless a non-NumPy backend is asked for."""
-        b = compute_bounds(self.graph, input_set, method, spec, strategy, backend, dtype)
+        unless a non-NumPy backend is asked for. See :func:`onnxverify.bounds.compute_bounds`."""
+        b = compute_bounds(self.graph, input_set, method, spec, strategy, backend, dtype, max_memory, intersect_ibp)
         bk = get_backend(backend)
         if bk.name == "numpy" or backend is None:
             b.lower, b.upper = bk.to_numpy(b.lower), bk.to_numpy(b.upper)

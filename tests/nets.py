@@ -134,7 +134,8 @@ def resnet(seed=0):
     w = b.conv(z, 4, 2, k=1, pads=(0, 0, 0, 0))
     w = b.node("Sigmoid", [w])
     cat = b.node("Concat", [z, w], axis=1)
-    s = b.node("Sub", [cat, b.node("Relu", [cat])])  # = min(cat, 0)
+    shifted = b.node("Sub", [b.node("Mul", [cat, b.const(np.float32(2.0))]), b.const(np.float32(1.0))])
+    s = b.node("Sub", [cat, b.node("Relu", [shifted])])  # Sub of two computed tensors
     x = b.flatten(s)
     return _finish_dense(b, x), (-1.0, 1.0)
 

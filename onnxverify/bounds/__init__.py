@@ -18,8 +18,9 @@ from ..ir import Graph
 from ..spec import apply_spec_to_interval, check_spec
 from .ibp import interval_bounds
 
-METHODS = ("ibp",)
+METHODS = ("ibp", "lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-V")
 STRATEGIES = ("constant", "tight", "adaptive")
+DEFAULT_STRATEGY = "adaptive"
 
 
 @dataclass
@@ -62,17 +63,39 @@ def fold_spec_interval(bk, graph: Graph, env: dict, C, dtype):
 
 
 def compute_bounds(graph: Graph, input_set: InputSet, method: str = "ibp", spec=None, strategy: str | None = None,
-                   backend=None, dtype=np.float32) -> Bounds:
-    """Sound bounds on the network output (or on ``spec @ output``) over ``input_set``."""
+                   backend=None, dtype=np.float32, max_memory: int | None = None, intersect_ibp: bool = True) -> Bounds:
+    """Sound bounds on the network output (or on ``spec @ output``) over ``input_set``.
+
+    ``method``: one of :data:`METHODS` (``relaxed-crown-V`` with an integer V >= 1).
+    ``strategy``: bounding lines of the linear methods (default ``adaptive``).
+    ``intersect_ibp``: also intersect the output bounds with IBP's (never looser; on by
+    default, off to study a method on its own).
+    """
+    from .methods import parse_method, run_linear_method
+
     method = method.lower()
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if method != "ibp":
+        parse_method(method)  # validates
+    if strategy is not None and strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     bk = get_backend(backend)
     input_set = input_set.batched(graph.input_shape)
     t0 = time.perf_counter()
     env = interval_bounds(bk, graph, input_set, dtype)
     lo, hi = env[graph.output]
-    if spec is not None:
-        C = check_spec(spec, lo.shape[0], graph[graph.output].size)
+    B = lo.shape[0]
+    n_out = graph[graph.output].size
+    C = check_spec(spec, B, n_out) if spec is not None else None
+    if C is not None:
         lo, hi = fold_spec_interval(bk, graph, env, C, dtype)
-    return Bounds(lo, hi, method, time.perf_counter() - t0, strategy)
+    if method == "ibp":
+        return Bounds(lo, hi, method, time.perf_counter() - t0, None)
+    strategy = strategy or DEFAULT_STRATEGY
+    rows = C if C is not None else np.broadcast_to(np.eye(n_out), (B, n_out, n_out))
+    l_lin, u_lin = run_linear_method(graph, input_set, method, np.ascontiguousarray(rows), strategy, bk, dtype, env, max_memory)
+    if C is None:
+        shape = (B,) + tuple(graph.output_shape)
+        l_lin, u_lin = bk.reshape(l_lin, shape), bk.reshape(u_lin, shape)
+    if intersect_ibp:
+        l_lin, u_lin = bk.maximum(l_lin, lo), bk.minimum(u_lin, hi)
+    return Bounds(l_lin, u_lin, method, time.perf_counter() - t0, strategy)

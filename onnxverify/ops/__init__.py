@@ -48,6 +48,21 @@ class AffineRule(OpRule):
         (true for ops whose weights are all >= 0: reshapes, pads, pooling, concat, add)."""
         return self.apply(bk, node, *xs, bias=False)
 
+    def apply_signed(self, bk, node, pos, neg):
+        """Linear part (no bias) with the positive weights acting on ``pos`` and the negative
+        weights on ``neg`` (lists, one array per input). Used by the forward linear pass:
+        lower map = apply_signed(lower maps, upper maps). Default: all weights >= 0."""
+        return self.apply(bk, node, *pos, bias=False)
+
+    def adjoint(self, bk, node, A, in_shapes):
+        """Transpose of the linear part: ``A (M, *out_shape)`` -> one ``(M, *in_shape)`` per input."""
+        raise NotImplementedError
+
+    def offset(self, bk, node, in_shapes, dtype):
+        """The output at all-zero inputs, ``(1, *shape)``: the op's constant term."""
+        zeros = [bk.zeros((1,) + tuple(s), dtype=dtype) for s in in_shapes]
+        return self.apply(bk, node, *zeros, bias=True)
+
     def forward(self, bk, node, *xs):
         return self.apply(bk, node, *xs, bias=True)
 

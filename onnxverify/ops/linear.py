@@ -19,6 +19,13 @@ class Linear(AffineRule):
         w = params_as(bk, node, "weight", x.dtype)
         return bk.matmul(x, bk.transpose(bk.abs(w), (1, 0)))
 
+    def apply_signed(self, bk, node, pos, neg):
+        w = params_as(bk, node, "weight", pos[0].dtype)
+        return bk.matmul(pos[0], bk.transpose(bk.pos(w), (1, 0))) + bk.matmul(neg[0], bk.transpose(bk.neg(w), (1, 0)))
+
+    def adjoint(self, bk, node, A, in_shapes):
+        return [bk.matmul(A, params_as(bk, node, "weight", A.dtype))]
+
 
 @register
 class Conv(AffineRule):
@@ -38,6 +45,16 @@ class Conv(AffineRule):
     def apply_abs(self, bk, node, x):
         return self.apply(bk, node, x, bias=False, weight=bk.abs(params_as(bk, node, "weight", x.dtype)))
 
+    def apply_signed(self, bk, node, pos, neg):
+        w = params_as(bk, node, "weight", pos[0].dtype)
+        return (self.apply(bk, node, pos[0], bias=False, weight=bk.pos(w))
+                + self.apply(bk, node, neg[0], bias=False, weight=bk.neg(w)))
+
+    def adjoint(self, bk, node, A, in_shapes):
+        a = node.attrs
+        w = params_as(bk, node, "weight", A.dtype)
+        return [bk.conv_transpose2d(A, w, a["stride"], a["pads"], a["dilation"], a["groups"], tuple(in_shapes[0][1:]))]
+
 
 @register
 class Affine(AffineRule):
@@ -52,3 +69,10 @@ class Affine(AffineRule):
 
     def apply_abs(self, bk, node, x):
         return x * bk.abs(params_as(bk, node, "scale", x.dtype))
+
+    def apply_signed(self, bk, node, pos, neg):
+        scale = params_as(bk, node, "scale", pos[0].dtype)
+        return pos[0] * bk.pos(scale) + neg[0] * bk.neg(scale)
+
+    def adjoint(self, bk, node, A, in_shapes):
+        return [A * params_as(bk, node, "scale", A.dtype)]

@@ -1,6 +1,9 @@
 """MaxPool and AveragePool over (N, C, H, W)."""
 from __future__ import annotations
 
+import numpy as np
+
+from ..backend import avg_pool_divisor, pool_geometry, window_views
 from . import AffineRule, MonotoneRule, register
 
 
@@ -16,6 +19,59 @@ class MaxPool(MonotoneRule):
         return bk.max_pool2d(x, a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
 
 
+    # ---- linear relaxation: y >= x_j* (j* = argmax of the lower bounds in the window);
+    # y <= x_j* when that input dominates its window (l_j* >= u_j for all j != j*), else y <= max u.
+    def relax(self, bk, node, l, u):
+        """Returns ``(select, decided, upper_const)``: ``select`` a list (one per kernel offset)
+        of 0/1 arrays ``(B, C, Ho, Wo)`` marking j*, ``decided`` a 0/1 array, and ``upper_const``
+        the constant upper line max_j u_j."""
+        a = node.attrs
+        (ho, wo), widths = pool_geometry(l.shape[2:], a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
+        lw = list(window_views(bk.pad(l, widths, value=-np.inf), a["kernel"], a["stride"], a["dilation"], (ho, wo)))
+        uw = list(window_views(bk.pad(u, widths, value=-np.inf), a["kernel"], a["stride"], a["dilation"], (ho, wo)))
+        best, idx = lw[0], bk.zeros(lw[0].shape, dtype=l.dtype)
+        for k in range(1, len(lw)):
+            better = lw[k] > best
+            idx = bk.where(better, k * 1.0, idx)
+            best = bk.where(better, lw[k], best)
+        other_u = None
+        upper = uw[0]
+        for k in range(len(uw)):
+            masked = bk.where(idx == k, -np.inf, uw[k])
+            other_u = masked if other_u is None else bk.maximum(other_u, masked)
+            upper = bk.maximum(upper, uw[k])
+        one, zero = best * 0 + 1, best * 0
+        select = [bk.where(idx == k, one, zero) for k in range(len(lw))]
+        decided = bk.where(best >= other_u, one, zero)
+        return select, decided, upper
+
+    def gather(self, bk, node, x, select):
+        """``sum_k select_k * window_k(x)``: x ``(M, C, H, W)`` with ``M`` a multiple of the
+        batch of ``select`` (extra leading dims folded in) -> ``(M, C, Ho, Wo)``."""
+        a = node.attrs
+        ho, wo = select[0].shape[2:]
+        _, widths = pool_geometry(x.shape[2:], a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
+        out = None
+        for s, win in zip(select, window_views(bk.pad(x, widths), a["kernel"], a["stride"], a["dilation"], (ho, wo))):
+            term = bk.reshape(win, (s.shape[0], -1) + tuple(win.shape[1:])) * s[:, None]
+            out = term if out is None else out + term
+        return bk.reshape(out, (-1,) + tuple(out.shape[2:]))
+
+    def scatter(self, bk, node, A, select, in_hw):
+        """Adjoint of :meth:`gather`: A ``(B, K, C, Ho, Wo)`` -> ``(B, K, C, H, W)``."""
+        a = node.attrs
+        (ho, wo), widths = pool_geometry(in_hw, a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
+        hp = in_hw[0] + widths[2][0] + widths[2][1]
+        wp = in_hw[1] + widths[3][0] + widths[3][1]
+        out = bk.zeros(tuple(A.shape[:3]) + (hp, wp), dtype=A.dtype)
+        (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
+        for k, s in enumerate(select):
+            i, j = divmod(k, kw)
+            r0, c0 = i * dh, j * dw
+            out[:, :, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw] += A * s[:, None]
+        return out[:, :, :, widths[2][0]:widths[2][0] + in_hw[0], widths[3][0]:widths[3][0] + in_hw[1]]
+
+
 @register
 class AvgPool(AffineRule):
     """attrs: ``kernel``, ``stride``, ``pads``, ``ceil_mode``, ``count_include_pad``.
@@ -26,3 +82,14 @@ class AvgPool(AffineRule):
     def apply(self, bk, node, x, bias=True):
         a = node.attrs
         return bk.avg_pool2d(x, a["kernel"], a["stride"], a["pads"], a["ceil_mode"], a["count_include_pad"])
+
+    def adjoint(self, bk, node, A, in_shapes):
+        """Each output spreads ``A / divisor`` over its window: a depthwise transposed
+        convolution with a kernel of ones (ceil-mode overhang is cropped away)."""
+        a = node.attrs
+        c, h, w = in_shapes[0]
+        _, widths = pool_geometry((h, w), a["kernel"], a["stride"], a["pads"], (1, 1), a["ceil_mode"])
+        div = avg_pool_divisor((h, w), a["kernel"], a["stride"], a["pads"], a["ceil_mode"], a["count_include_pad"])
+        ones = bk.asarray(np.ones((c, 1) + tuple(a["kernel"])), dtype=A.dtype)
+        pads = (widths[2][0], widths[3][0], widths[2][1], widths[3][1])
+        return [bk.conv_transpose2d(A / bk.asarray(div, dtype=A.dtype), ones, a["stride"], pads, (1, 1), c, (h, w))]

@@ -13,6 +13,9 @@ class Reshape(AffineRule):
     def apply(self, bk, node, x, bias=True):
         return bk.reshape(x, (x.shape[0],) + tuple(node.shape))
 
+    def adjoint(self, bk, node, A, in_shapes):
+        return [bk.reshape(A, (A.shape[0],) + tuple(in_shapes[0]))]
+
 
 @register
 class Transpose(AffineRule):
@@ -23,6 +26,11 @@ class Transpose(AffineRule):
     def apply(self, bk, node, x, bias=True):
         return bk.transpose(x, (0,) + tuple(p + 1 for p in node.attrs["perm"]))
 
+    def adjoint(self, bk, node, A, in_shapes):
+        perm = node.attrs["perm"]
+        inverse = [perm.index(k) for k in range(len(perm))]
+        return [bk.transpose(A, (0,) + tuple(p + 1 for p in inverse))]
+
 
 @register
 class Concat(AffineRule):
@@ -32,6 +40,18 @@ class Concat(AffineRule):
 
     def apply(self, bk, node, *xs, bias=True):
         return bk.concat(xs, axis=node.attrs["axis"] + 1)
+
+    def apply_signed(self, bk, node, pos, neg):
+        return self.apply(bk, node, *pos, bias=False)
+
+    def adjoint(self, bk, node, A, in_shapes):
+        axis, out, start = node.attrs["axis"] + 1, [], 0
+        for s in in_shapes:
+            index = [slice(None)] * A.ndim
+            index[axis] = slice(start, start + s[axis - 1])
+            out.append(A[tuple(index)])
+            start += s[axis - 1]
+        return out
 
 
 @register
@@ -44,6 +64,10 @@ class Pad(AffineRule):
         value = node.attrs.get("value", 0.0) if bias else 0.0
         return bk.pad(x, [(0, 0)] + [tuple(w) for w in node.attrs["widths"]], value=value)
 
+    def adjoint(self, bk, node, A, in_shapes):
+        index = [slice(None)] + [slice(b, b + s) for (b, _), s in zip(node.attrs["widths"], in_shapes[0])]
+        return [A[tuple(index)]]
+
 
 @register
 class Add(AffineRule):
@@ -53,6 +77,12 @@ class Add(AffineRule):
 
     def apply(self, bk, node, a, b, bias=True):
         return a + b
+
+    def apply_signed(self, bk, node, pos, neg):
+        return pos[0] + pos[1]
+
+    def adjoint(self, bk, node, A, in_shapes):
+        return [A, A]
 
 
 @register
@@ -66,3 +96,9 @@ class Sub(AffineRule):
 
     def apply_abs(self, bk, node, a, b):
         return a + b
+
+    def apply_signed(self, bk, node, pos, neg):
+        return pos[0] - neg[1]
+
+    def adjoint(self, bk, node, A, in_shapes):
+        return [A, -A]

@@ -1,0 +1,185 @@
+"""Compositions of the linear bound machinery into the paper's methods (PAPER_NOTES.md §2).
+
+| method            | intermediate bounds                       | output bounds                     |
+|-------------------|-------------------------------------------|-----------------------------------|
+| lbp               | forward maps (LBP)                        | backward, 1 layer, then maps      |
+| crown-ibp         | IBP                                       | full backward pass                |
+| crown-lbp         | forward maps (LBP)                        | full backward pass                |
+| crown             | full backward pass per bound node         | full backward pass                |
+| relaxed-crown-V   | backward V layers, then forward maps      | backward V layers, then maps      |
+
+Intermediate bounds are intersected with IBP (always sound, never looser). Backward passes
+are chunked over rows so that peak memory stays under ``max_memory`` bytes.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import InputError, MemoryLimitError
+from ..ops import rule_for
+from .linear import NONLINEAR, LinearEngine, bound_nodes, undecided_mask
+
+
+def parse_method(method: str):
+    """-> (intermediate kind, output depth or None). Kinds: ibp, lbp, crown, relaxed."""
+    m = method.lower()
+    if m == "lbp":
+        return "lbp", 1, None
+    if m == "crown-ibp":
+        return "ibp", None, None
+    if m == "crown-lbp":
+        return "lbp", None, None
+    if m == "crown":
+        return "crown", None, None
+    if m.startswith("relaxed-crown-"):
+        try:
+            v = int(m.rsplit("-", 1)[1])
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise InputError(f"method {method!r}: V must be an integer >= 1 (e.g. relaxed-crown-2)")
+        return "relaxed", v, v
+    raise InputError(f"unknown method {method!r}")
+
+
+def default_max_memory() -> int:
+    """60% of physical memory."""
+    try:
+        return int(0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _itemsize(dtype) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # a torch dtype
+        return dtype.itemsize
+
+
+def _gb(x):
+    return f"{x / 2**30:.2f} GB"
+
+
+def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env, max_memory=None):
+    """Output bounds ``(B, K)`` of ``C @ y`` (C ``(B, K, n_out)``) by a linear method."""
+    kind, out_depth, v = parse_method(method)
+    max_memory = max_memory or default_max_memory()
+    eng = LinearEngine(graph, input_set, bk, dtype, strategy, ibp_env)
+    itemsize = _itemsize(dtype)
+    B, n0 = eng.B, eng.n0
+    biggest = max(n.size for n in graph.nodes)
+    needs = set(bound_nodes(graph))
+
+    use_maps = kind in ("lbp", "relaxed")
+    if use_maps:
+        need = B * (n0 + 1) * biggest * itemsize * 6
+        if need > max_memory:
+            raise MemoryLimitError(
+                f"{method}: forward linear maps need about {_gb(need)} ({B} x {n0 + 1} x {biggest} values, "
+                f"with temporaries) but the memory limit is {_gb(max_memory)}; use crown-ibp or crown, "
+                "fewer images at once, or raise --max-memory")
+        eng.input_maps()
+    keep_maps = set(needs) if kind == "relaxed" else _output_cut_nodes(graph, needs, out_depth)
+    consumers_left = {name: len(cs) for name, cs in graph.consumers().items()}
+
+    for node in graph.nodes[1:]:
+        if node.op in NONLINEAR:
+            eng.relax_node(node.name)  # its input's bounds are final by now
+        if use_maps:
+            eng.forward_maps(node.name)
+            for i in node.inputs:
+                consumers_left[i] -= 1
+                if consumers_left[i] == 0 and i not in keep_maps:
+                    eng.maps.pop(i, None)
+        if node.name in needs:
+            # re-run IBP from the tightened input bounds (cheap, sound, often tighter)
+            eng.tighten(node.name, *rule_for(node.op).ibp(bk, node, *[eng.best(i) for i in node.inputs]))
+            if use_maps:
+                eng.tighten(node.name, *eng.concretize_maps(node.name))
+            # a monotone activation's output is as tight as its input's bounds allow: no backward pass
+            if kind in ("crown", "relaxed") and node.op not in NONLINEAR:
+                _backward_undecided(eng, node.name, v, max_memory, itemsize)
+
+    out = graph[graph.output]
+    lam = bk.reshape(bk.asarray(C, dtype=dtype), (B, C.shape[1]) + tuple(out.shape))
+    return _chunked_backward(eng, graph.output, lam, out_depth, max_memory, itemsize)
+
+
+def _output_cut_nodes(graph, needs, depth):
+    """Bound nodes where the output pass of depth ``depth`` substitutes forward maps."""
+    if depth is None:
+        return set()
+    dist, cuts = {graph.output: 0}, set()
+    for n in reversed(graph.nodes):
+        if n.name not in dist:
+            continue
+        d = dist[n.name]
+        if d >= depth and n.name in needs:
+            cuts.add(n.name)
+            continue
+        step = 0 if (n.op == "Input" or rule_for(n.op).affine) else 1
+        for i in n.inputs:
+            dist[i] = max(dist.get(i, 0), d + step)
+    return cuts
+
+
+def _rows_per_chunk(eng, start, max_memory, itemsize):
+    biggest = max(eng.g[n].size for n in eng._ancestors(start))
+    per_row = eng.B * max(biggest, eng.n0) * itemsize * 8
+    rows = int(max_memory // max(per_row, 1))
+    if rows < 1:
+        raise MemoryLimitError(f"one backward row from {start} needs about {_gb(per_row)}, over the memory limit "
+                               f"{_gb(max_memory)}")
+    return rows
+
+
+def _chunked_backward(eng, start, lam, depth, max_memory, itemsize):
+    bk = eng.bk
+    K = lam.shape[1]
+    step = _rows_per_chunk(eng, start, max_memory, itemsize)
+    if step >= K:
+        return eng.backward(start, lam, depth)
+    los, his = [], []
+    for k in range(0, K, step):
+        lo, hi = eng.backward(start, lam[:, k:k + step], depth)
+        los.append(lo)
+        his.append(hi)
+    return bk.concat(los, axis=1), bk.concat(his, axis=1)
+
+
+def _backward_undecided(eng, name, depth, max_memory, itemsize):
+    """Tighten the bounds of ``name`` by backward passes for its undecided neurons."""
+    bk, g = eng.bk, eng.g
+    lo, hi = eng.best(name)
+    mask = undecided_mask(bk, g, name, lo, hi)
+    if mask is None:
+        return
+    flat = np.asarray(bk.to_numpy(bk.reshape(mask, (eng.B, -1))))
+    counts = flat.sum(axis=1)
+    K = int(counts.max()) if flat.size else 0
+    if K == 0:
+        return
+    N = flat.shape[1]
+    idx = np.zeros((eng.B, K), dtype=np.int64)
+    valid = np.zeros((eng.B, K))
+    for b in range(eng.B):
+        nz = np.flatnonzero(flat[b])
+        idx[b, : len(nz)] = nz
+        valid[b, : len(nz)] = 1.0
+    step = _rows_per_chunk(eng, name, max_memory, itemsize)
+    new_lo, new_hi = bk.reshape(lo, (eng.B, N)), bk.reshape(hi, (eng.B, N))
+    for k in range(0, K, step):
+        sl = slice(k, min(K, k + step))
+        onehot = np.zeros((eng.B, sl.stop - sl.start, N))
+        for b in range(eng.B):
+            onehot[b, np.arange(sl.stop - sl.start), idx[b, sl]] = valid[b, sl]
+        lam = bk.asarray(onehot, dtype=eng.dtype)
+        l_k, h_k = eng.backward(name, bk.reshape(lam, (eng.B, sl.stop - sl.start) + tuple(g[name].shape)), depth)
+        hit = bk.sum(lam, axis=1) > 0
+        new_lo = bk.where(hit, bk.maximum(new_lo, bk.einsum("bk,bkn->bn", l_k, lam)), new_lo)
+        new_hi = bk.where(hit, bk.minimum(new_hi, bk.einsum("bk,bkn->bn", h_k, lam)), new_hi)
+    shape = (eng.B,) + tuple(g[name].shape)
+    eng.tighten(name, bk.reshape(new_lo, shape), bk.reshape(new_hi, shape))

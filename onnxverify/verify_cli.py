@@ -1,0 +1,150 @@
+"""CLI commands ``onnxverify verify`` and ``onnxverify run`` (registered by onnxverify.cli)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import click
+
+from .cli import friendly_errors
+
+
+def _write_error_result(path):
+    if path:
+        from .vnncomp import write_result
+
+        try:
+            write_result(path, "error")
+        except OSError:
+            pass
+
+
+def _watchdog(seconds, result_path):
+    """Last resort: if the process is still busy ``seconds`` from now (a long C call that
+    the in-process alarm cannot interrupt), write ``timeout`` and exit."""
+
+    def fire():
+        if result_path:
+            from .vnncomp import write_result
+
+            try:
+                write_result(result_path, "timeout")
+            except OSError:
+                pass
+        print("timeout", flush=True)
+        os._exit(0)
+
+    t = threading.Timer(seconds, fire)
+    t.daemon = True
+    t.start()
+    return t
+
+
+@click.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("prop", metavar="PROPERTY", type=click.Path(dir_okay=False))
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Time limit in seconds (hard).")
+@click.option("--result", "result_path", type=click.Path(dir_okay=False),
+              help="Write the VNN-COMP result file here (verdict line, counterexample for sat).")
+@click.option("--methods", default=None,
+              help="Bound cascade, cheap to tight: comma-separated METHOD[:STRATEGY] "
+                   "(default ibp,crown-ibp:adaptive,crown-lbp:adaptive,crown:adaptive; missing ones are skipped).")
+@click.option("--no-split", is_flag=True, help="No input bisection (branch and bound on the input box).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks.")
+@click.option("--check-only", is_flag=True, help="Only load the model and parse the property (for prepare_instance).")
+@click.option("-v", "--verbose", is_flag=True, help="Print every step.")
+@friendly_errors
+def verify_command(model, prop, timeout, result_path, methods, no_split, seed, check_only, verbose):
+    """Decide the VNN-LIB PROPERTY on MODEL: sat (with a counterexample), unsat, unknown,
+    timeout or error.
+
+    PROPERTY describes the unsafe set; unsat means proved safe. The verdict is printed and,
+    with --result, written in the VNN-COMP format.
+    """
+    from .errors import InputError
+    from .verify import parse_methods, verify
+    from .vnncomp import write_result
+
+    if timeout is not None and not timeout > 0:
+        raise InputError(f"--timeout must be > 0, got {timeout}")
+    t0 = time.monotonic()
+    try:
+        cascade = parse_methods(methods)
+        if check_only:
+            from .verify import _load
+
+            net, _, p, note = _load(model, prop)
+            shape = net.input_shape if net is not None else "?"
+            click.echo(f"ok: model input {shape} ({p.n_inputs} values), {p.n_outputs} outputs, "
+                       f"{len(p.cases)} input case(s), {sum(len(c.y_disjuncts) for c in p.cases)} disjunct(s)"
+                       + (f"; {note}" if note else ""))
+            return
+        dog = _watchdog(timeout + min(2.0, 0.1 * timeout + 0.5), result_path)
+
+        def log_fn(entry):
+            if verbose:
+                extra = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("step", "time", "elapsed"))
+                click.echo(f"[{entry['elapsed']:8.2f} s] {entry['step']}: {extra}", err=True)
+
+        res = verify(model, prop, timeout=timeout - (time.monotonic() - t0), methods=cascade,
+                     seed=seed, split=not no_split, log_fn=log_fn)
+    except BaseException:
+        _write_error_result(result_path)
+        raise
+    if result_path:
+        write_result(result_path, res.verdict, res.counterexample)
+    dog.cancel()
+    click.echo(res.verdict)
+    click.echo(f"time {res.time:.2f} s" + (f"; {res.message}" if res.message else ""), err=True)
+    if res.verdict == "sat" and not result_path:
+        x, y = res.counterexample
+        click.echo(f"counterexample: {len(x)} inputs; outputs {', '.join(f'{v:.6g}' for v in y[:10])}"
+                   + (" ..." if len(y) > 10 else ""), err=True)
+
+
+@click.command("run")
+@click.argument("instances", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", default="vnncomp_results", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder (one sub-folder per benchmark when several csv files are given).")
+@click.option("--timeout-cap", type=float, default=None, help="Cap every instance's timeout at this many seconds.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Instances run in parallel.")
+@click.option("--methods", default=None, help="Bound cascade (see `onnxverify verify --help`).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@friendly_errors
+def run_command(instances, out_dir, timeout_cap, workers, methods, no_progress):
+    """Run VNN-COMP INSTANCES csv file(s) (onnx,vnnlib,timeout; paths relative to the csv).
+
+    Writes one result file per instance, results.csv (appended as instances finish; a
+    re-run skips finished rows) and log.jsonl, and prints a summary table per benchmark.
+    """
+    from .errors import InputError
+    from .verify import parse_methods
+    from .vnncomp import read_instances, run_instances, summary_table
+
+    if workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    if timeout_cap is not None and not timeout_cap > 0:
+        raise InputError(f"--timeout-cap must be > 0, got {timeout_cap}")
+    if methods is not None:
+        parse_methods(methods)  # validate early
+    groups, names = [], []
+    for path in instances:
+        insts = read_instances(path)
+        name = insts[0].benchmark
+        if name in names:
+            name = f"{name}_{len(names)}"
+        names.append(name)
+        groups.append((insts, out_dir if len(instances) == 1 else os.path.join(out_dir, name)))
+    t0 = time.monotonic()
+    results = run_instances(groups, timeout_cap=timeout_cap, workers=workers, methods=methods,
+                            progress=not no_progress)
+    click.echo(summary_table({n: results[d] for n, (_, d) in zip(names, groups)}))
+    click.echo(f"results in {out_dir} ({time.monotonic() - t0:.0f} s)")
+
+
+verify_command.name = "verify"
+run_command.name = "run"
+COMMANDS = [verify_command, run_command]
+
+__all__ = ["COMMANDS"]

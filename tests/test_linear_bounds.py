@@ -1,0 +1,186 @@
+"""Linear bound methods: soundness by sampling (every method x strategy x op family,
+numpy and torch), Theorem 2 ordering with the tight strategy, Relaxed-CROWN-V monotone in
+V, constant strategy == IBP, exactness at eps = 0, memory-limit errors."""
+import numpy as np
+import pytest
+from conftest import BACKENDS, benchmark_networks, needs_bench
+
+import nets
+import onnxverify as ov
+from onnxverify.onnx_import import import_model
+from onnxverify.reference import OrtModel
+
+LINEAR = ["lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-1", "relaxed-crown-2"]
+STRATEGIES = ["constant", "tight", "adaptive"]
+RELU_FAMILY = ["mlp_relu", "mlp_leaky", "nhwc_shape_chain"]
+
+
+def _net(model):
+    return ov.Network(import_model(model), model=model)
+
+
+def _np(bk_name, a):
+    return np.asarray(ov.get_backend(bk_name).to_numpy(a), dtype=np.float64)
+
+
+def _samples(rng, iset, ort, n):
+    """onnxruntime outputs at n points of each batch element's box: (n, B, n_out)."""
+    B = iset.lower.shape[0]
+    pts = np.stack([nets.sample_box(rng, iset.lower[i], iset.upper[i], n) for i in range(B)], 1).astype(np.float32)
+    return np.stack([ort(pts[:, i]) for i in range(B)], 1).reshape(n, B, -1)
+
+
+def assert_inside(values, lower, upper, slack=1e-5):
+    tol = slack * (1 + np.maximum(np.abs(lower), np.abs(upper)))
+    assert (values >= lower - tol).all(), f"lower violated by {np.max(lower - values)}"
+    assert (values <= upper + tol).all(), f"upper violated by {np.max(values - upper)}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(nets.ALL_BUILDERS))
+def test_every_method_and_strategy_is_sound(name, backend):
+    rng = np.random.default_rng(5)
+    model, (lo, hi) = nets.ALL_BUILDERS[name](1)
+    net, ort = _net(model), OrtModel(model)
+    x0 = rng.uniform(lo, hi, (2,) + net.input_shape)
+    iset = ov.LinfBall(x0, 0.08, clip=(lo, hi))
+    ys = _samples(rng, iset, ort, 400)
+    labels = net.forward(x0).argmax(1)
+    C = ov.margin_spec(labels, net.n_outputs)
+    margins = np.einsum("bkn,sbn->sbk", C, ys)
+    for method in LINEAR:
+        for strategy in STRATEGIES:
+            b = net.bounds(iset, method=method, strategy=strategy, backend=backend, intersect_ibp=False)
+            assert_inside(ys, _np(backend, b.lower).reshape(1, 2, -1), _np(backend, b.upper).reshape(1, 2, -1))
+            s = net.bounds(iset, method=method, strategy=strategy, spec=C, backend=backend, intersect_ibp=False)
+            assert_inside(margins, _np(backend, s.lower)[None], _np(backend, s.upper)[None])
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("name", ["mlp_relu", "convnet", "resnet"])
+def test_lp_balls_sound(name, p):
+    rng = np.random.default_rng(9)
+    model, (lo, hi) = nets.ALL_BUILDERS[name](2)
+    net, ort = _net(model), OrtModel(model)
+    x0 = rng.uniform(lo, hi, net.input_shape)
+    pts = nets.sample_lp_ball(rng, x0, 0.4, p, 2000).astype(np.float32)
+    ys = ort(pts).reshape(len(pts), -1)
+    for method in ["lbp", "crown-ibp", "crown"]:
+        b = net.bounds(ov.LpBall(x0, 0.4, p), method=method, strategy="adaptive", intersect_ibp=False)
+        assert_inside(ys, b.lower.reshape(1, -1), b.upper.reshape(1, -1))
+
+
+def _ordered(outer, inner, slack=1e-5):
+    """inner interval inside outer, elementwise."""
+    tol = slack * (1 + np.abs(outer.lower) + np.abs(outer.upper))
+    assert (inner.lower >= outer.lower - tol).all(), np.max(outer.lower - inner.lower)
+    assert (inner.upper <= outer.upper + tol).all(), np.max(inner.upper - outer.upper)
+
+
+def _theorem2(net, iset, spec=None):
+    b = {m: net.bounds(iset, method=m, strategy="tight", spec=spec, intersect_ibp=False, dtype=np.float64)
+         for m in ["ibp", "lbp", "crown-ibp", "crown-lbp", "crown"]}
+    _ordered(b["ibp"], b["lbp"])
+    _ordered(b["ibp"], b["crown-ibp"])
+    _ordered(b["lbp"], b["crown-lbp"])
+    _ordered(b["crown-ibp"], b["crown-lbp"])
+    _ordered(b["crown-lbp"], b["crown"])
+    return b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("name", RELU_FAMILY)
+def test_theorem2_ordering_random_networks(name, seed):
+    rng = np.random.default_rng(seed)
+    model, (lo, hi) = nets.ALL_BUILDERS[name](seed)
+    net = _net(model)
+    x0 = rng.uniform(lo, hi, (2,) + net.input_shape)
+    iset = ov.LinfBall(x0, 0.1, clip=(lo, hi))
+    b = _theorem2(net, iset)
+    _theorem2(net, iset, spec=ov.margin_spec(net.forward(x0).argmax(1), net.n_outputs))
+    assert (b["crown"].upper - b["crown"].lower).mean() < (b["ibp"].upper - b["ibp"].lower).mean()
+
+
+@needs_bench
+@pytest.mark.parametrize("stem", ["mnist-net_256x4", "cifar_base_kw", "resnet_2b", "ACASXU_run2a_1_1_batch_2000"])
+def test_theorem2_ordering_benchmark_networks(stem):
+    path = next(p for p in benchmark_networks() if p.stem == stem)
+    net = ov.load(path)
+    x0 = np.random.default_rng(0).uniform(0, 1, net.input_shape)
+    _theorem2(net, ov.Box(x0 - 0.003, x0 + 0.003), spec=ov.margin_spec([0], net.n_outputs))
+
+
+@pytest.mark.parametrize("name", ["mlp_relu", "mlp_leaky"])
+def test_relaxed_crown_tightens_towards_crown(name):
+    model, (lo, hi) = nets.ALL_BUILDERS[name](3)
+    net = _net(model)
+    x0 = np.random.default_rng(3).uniform(lo, hi, net.input_shape)
+    iset = ov.LinfBall(x0, 0.15, clip=(lo, hi))
+    run = lambda m: net.bounds(iset, method=m, strategy="tight", intersect_ibp=False, dtype=np.float64)  # noqa: E731
+    chain = [run(f"relaxed-crown-{v}") for v in (1, 2, 3)] + [run("crown")]
+    for outer, inner in zip(chain, chain[1:]):
+        _ordered(outer, inner)
+    np.testing.assert_allclose(chain[-2].lower, chain[-1].lower, atol=1e-9)  # V >= depth: CROWN itself
+    np.testing.assert_allclose(chain[0].lower, run("lbp").lower, atol=1e-9)  # LBP == Relaxed-CROWN-1
+
+
+@pytest.mark.parametrize("method", LINEAR)
+@pytest.mark.parametrize("name", ["mlp_relu", "mlp_sigmoid_tanh", "mlp_leaky", "resnet", "nhwc_shape_chain"])
+def test_constant_strategy_reproduces_ibp(name, method):
+    model, (lo, hi) = nets.ALL_BUILDERS[name](0)
+    net = _net(model)
+    x0 = np.random.default_rng(0).uniform(lo, hi, (2,) + net.input_shape)
+    iset = ov.LinfBall(x0, 0.1, clip=(lo, hi))
+    C = ov.margin_spec([0, 1], net.n_outputs)
+    ibp = net.bounds(iset, method="ibp", spec=C, dtype=np.float64)
+    lin = net.bounds(iset, method=method, strategy="constant", spec=C, intersect_ibp=False, dtype=np.float64)
+    np.testing.assert_allclose(lin.lower, ibp.lower, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(lin.upper, ibp.upper, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(nets.ALL_BUILDERS))
+def test_eps_zero_is_exact(name, backend):
+    model, (lo, hi) = nets.ALL_BUILDERS[name](4)
+    net = _net(model)
+    x0 = np.random.default_rng(4).uniform(lo, hi, net.input_shape)
+    y = net.forward(x0)
+    for method in ["ibp"] + LINEAR:
+        b = net.bounds(ov.LinfBall(x0, 0.0), method=method, backend=backend, intersect_ibp=False)
+        np.testing.assert_allclose(_np(backend, b.lower), y, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_np(backend, b.upper), y, rtol=1e-4, atol=1e-5)
+
+
+@needs_bench
+@pytest.mark.parametrize("path", [p for p in benchmark_networks() if "acasxu" not in p.name or p.name.endswith("1_1_batch_2000.onnx")],
+                         ids=lambda p: p.name)
+def test_all_methods_run_and_are_sound_on_benchmark_networks(path):
+    rng = np.random.default_rng(21)
+    net, ort = ov.load(path), OrtModel(path)
+    x0 = rng.uniform(0, 1, net.input_shape)
+    eps = 0.001
+    pts = nets.sample_box(rng, x0 - eps, x0 + eps, 100).astype(np.float32)
+    ys = ort(pts).reshape(len(pts), -1)
+    for method in ["lbp", "crown-ibp", "crown-lbp", "crown"]:
+        b = net.bounds(ov.Box(x0 - eps, x0 + eps), method=method, intersect_ibp=False)
+        assert_inside(ys, b.lower.reshape(1, -1), b.upper.reshape(1, -1), slack=1e-4)
+
+
+def test_memory_limit_error_is_clear():
+    model, (lo, hi) = nets.convnet(0)
+    net = _net(model)
+    iset = ov.LinfBall(np.full(net.input_shape, 0.5), 0.1)
+    with pytest.raises(ov.MemoryLimitError, match="memory limit"):
+        net.bounds(iset, method="lbp", max_memory=10_000)
+    with pytest.raises(ov.MemoryLimitError, match="memory limit"):
+        net.bounds(iset, method="crown", max_memory=100)
+
+
+def test_chunked_backward_equals_unchunked():
+    model, (lo, hi) = nets.convnet(1)
+    net = _net(model)
+    iset = ov.LinfBall(np.random.default_rng(1).uniform(0, 1, (2,) + net.input_shape), 0.1)
+    a = net.bounds(iset, method="crown", intersect_ibp=False)
+    b = net.bounds(iset, method="crown", intersect_ibp=False, max_memory=400_000)
+    np.testing.assert_allclose(a.lower, b.lower, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.upper, b.upper, rtol=1e-5, atol=1e-6)
