@@ -204,53 +204,53 @@ class ArrayModuleBackend(Backend):
     def zeros(self, shape, dtype, like=None):
         return self.xp.zeros(tuple(shape), dtype=dtype)
 
-    def _windows(self, x, kernel, stride, dilation, out_hw):
-        """Yield ((i, j), view) with view (N, C, Ho, Wo) = x sampled at kernel offset (i, j)."""
-        (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
-        for i in range(kh):
-            for j in range(kw):
-                r0, c0 = i * dh, j * dw
-                yield (i, j), x[:, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw]
-
     def conv2d(self, x, w, stride, pads, dilation, groups):
+        """im2col + one matrix product per group (BLAS)."""
+        xp = self.xp
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
         x = self.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
         ho = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (wd + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         og = o // groups
-        out = self.zeros((n, groups, og, ho, wo), dtype=np.result_type(x.dtype, w.dtype))
-        xg = x.reshape(n, groups, cg, x.shape[2], x.shape[3])
-        wg = w.reshape(groups, og, cg, kh, kw)
-        for (i, j), win in self._windows(xg.reshape(n, groups * cg, *x.shape[2:]), (kh, kw), stride, dilation, (ho, wo)):
-            win = win.reshape(n, groups, cg, ho, wo)
-            out += self.xp.einsum("ngchw,goc->ngohw", win, wg[:, :, :, i, j], optimize=True)
-        return out.reshape(n, o, ho, wo)
+        outs = []
+        for g in range(groups):
+            xg = x[:, g * cg:(g + 1) * cg]
+            cols = xp.empty((n, ho, wo, cg, kh * kw), dtype=x.dtype)
+            for k, win in enumerate(window_views(xg, (kh, kw), stride, dilation, (ho, wo))):
+                cols[..., k] = win.transpose(0, 2, 3, 1)
+            wmat = w[g * og:(g + 1) * og].reshape(og, cg * kh * kw).astype(x.dtype, copy=False)
+            outs.append((cols.reshape(n * ho * wo, cg * kh * kw) @ wmat.T).reshape(n, ho, wo, og))
+        out = outs[0] if groups == 1 else xp.concatenate(outs, axis=3)
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
     def conv_transpose2d(self, y, w, stride, pads, dilation, groups, in_hw):
-        """Adjoint of :meth:`conv2d`: maps (N, O, Ho, Wo) back to (N, C, H, W)."""
+        """Adjoint of :meth:`conv2d`: (N, O, Ho, Wo) -> (N, C, H, W); one matrix product per
+        group, then col2im by shifted strided adds."""
+        xp = self.xp
         n, o, ho, wo = y.shape
         _, cg, kh, kw = w.shape
         h, wd = in_hw
         hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
         og = o // groups
-        out = self.zeros((n, groups, cg, hp, wp), dtype=np.result_type(y.dtype, w.dtype))
-        yg = y.reshape(n, groups, og, ho, wo)
-        wg = w.reshape(groups, og, cg, kh, kw)
         sh, sw = stride
-        for i in range(kh):
-            for j in range(kw):
-                r0, c0 = i * dilation[0], j * dilation[1]
-                contrib = self.xp.einsum("ngohw,goc->ngchw", yg, wg[:, :, :, i, j], optimize=True)
-                out[:, :, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw] += contrib
-        out = out[:, :, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
-        return out.reshape(n, groups * cg, h, wd)
+        out = self.zeros((n, hp, wp, groups * cg), dtype=np.result_type(y.dtype, w.dtype))
+        yt = y.transpose(0, 2, 3, 1)
+        for g in range(groups):
+            ymat = yt[..., g * og:(g + 1) * og].reshape(n * ho * wo, og)
+            cols = (ymat @ w[g * og:(g + 1) * og].reshape(og, cg * kh * kw)).reshape(n, ho, wo, cg, kh, kw)
+            for i in range(kh):
+                for j in range(kw):
+                    r0, c0 = i * dilation[0], j * dilation[1]
+                    out[:, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw, g * cg:(g + 1) * cg] += cols[..., i, j]
+        out = out[:, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
     def max_pool2d(self, x, kernel, stride, pads, dilation, ceil_mode):
         (ho, wo), widths = pool_geometry(x.shape[2:], kernel, stride, pads, dilation, ceil_mode)
         xp_ = self.pad(x, widths, value=-np.inf)
         out = None
-        for _, win in self._windows(xp_, kernel, stride, dilation, (ho, wo)):
+        for win in window_views(xp_, kernel, stride, dilation, (ho, wo)):
             out = win.copy() if out is None else self.xp.maximum(out, win)
         return out
 
@@ -258,7 +258,7 @@ class ArrayModuleBackend(Backend):
         (ho, wo), widths = pool_geometry(x.shape[2:], kernel, stride, pads, (1, 1), ceil_mode)
         xp_ = self.pad(x, widths, value=0.0)
         total = None
-        for _, win in self._windows(xp_, kernel, stride, (1, 1), (ho, wo)):
+        for win in window_views(xp_, kernel, stride, (1, 1), (ho, wo)):
             total = win.copy() if total is None else total + win
         div = avg_pool_divisor(x.shape[2:], kernel, stride, pads, ceil_mode, count_include_pad)
         return total / self.asarray(div, dtype=x.dtype)

@@ -113,14 +113,17 @@ def check(model, samples, rtol, atol, show_graph):
 @click.option("--norm", type=click.Choice(["inf", "1", "2"]), default="inf", show_default=True)
 @click.option("--clip", nargs=2, type=float, default=None, help="Data range LO HI for l_inf balls (e.g. 0 1).")
 @click.option("--label", type=int, default=None, help="True class: bound the margins y_label - y_j instead of the outputs.")
-@click.option("--method", default="ibp", show_default=True, help="Bound method (see `onnxverify methods`).")
+@click.option("--method", default="crown", show_default=True,
+              help="ibp, lbp, crown-ibp, crown-lbp, crown or relaxed-crown-V.")
 @click.option("--strategy", type=click.Choice(["constant", "tight", "adaptive"]), default=None,
               help="Bounding-line strategy of the linear methods.")
 @click.option("--backend", default="numpy", show_default=True, help="numpy, torch, cupy or auto.")
 @click.option("--float64", "use_f64", is_flag=True, help="Compute in float64.")
+@click.option("--max-memory", type=float, default=None, help="Memory limit in GB for the linear methods "
+              "(default: 60% of RAM).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the bounds as JSON.")
 @friendly_errors
-def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend, use_f64, json_path):
+def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend, use_f64, max_memory, json_path):
     """Sound bounds on MODEL's outputs (or margins) over an l_p ball.
 
     With no arguments, runs on the bundled digits MLP and sample image.
@@ -142,7 +145,8 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
     spec = margin_spec([label] * x.shape[0], net.n_outputs) if label is not None else None
     iset = make_input_set(x, eps, norm, tuple(clip) if clip else None)
     res = net.bounds(iset, method=method, spec=spec, strategy=strategy, backend=backend,
-                     dtype=np.float64 if use_f64 else np.float32)
+                     dtype=np.float64 if use_f64 else np.float32,
+                     max_memory=int(max_memory * 2**30) if max_memory else None)
     lo, hi = np.asarray(res.lower, dtype=np.float64), np.asarray(res.upper, dtype=np.float64)
     rows = []
     names = ([f"y{label}-y{j}" for j in range(net.n_outputs) if j != label] if label is not None
@@ -163,6 +167,40 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
                        "time_s": res.time_s, "eps": eps, "norm": norm, "label": label, "model": model,
                        "verified": verified}, f, indent=1)
         click.echo(f"wrote {json_path}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--eps", type=float, required=True)
+@click.option("--norm", type=click.Choice(["inf", "1", "2"]), default="inf", show_default=True)
+@click.option("--clip", nargs=2, type=float, default=None, help="Data range LO HI for l_inf balls.")
+@click.option("--label", type=int, default=None, help="True class (default: the predicted class).")
+@click.option("--max-memory", type=float, default=None, help="Memory limit in GB for the linear methods.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Bound range vs eps, per method (PNG).")
+@friendly_errors
+def compare(model, input_path, eps, norm, clip, label, max_memory, plot_path):
+    """Run every method and strategy on one input set: width, margin, verified, time, memory."""
+    from . import make_input_set, margin_spec
+    from .compare import DEFAULT_RUNS, compare_methods, plot_tightness
+
+    net = load_network(model)
+    x = load_input(input_path, net)
+    labels = [label] * x.shape[0] if label is not None else net.forward(x).reshape(x.shape[0], -1).argmax(1)
+    spec = margin_spec(labels, net.n_outputs)
+    limit = int(max_memory * 2**30) if max_memory else None
+    clip = tuple(clip) if clip else None
+    results = compare_methods(net, make_input_set(x, eps, norm, clip), spec, DEFAULT_RUNS, limit)
+    rows = [[r.label, f"{r.mean_width:.5g}", f"{r.margin_lower:.5g}", f"{r.verified}/{r.n}", f"{r.time_s:.4f}",
+             f"{r.peak_mb:.1f}"] if not r.error else [r.label, "-", "-", "-", "-", "does not fit: " + r.error[:60]]
+            for r in results]
+    click.echo(f"margins of label(s) {list(map(int, labels))}, eps {eps} (l_{norm})")
+    click.echo(format_table(["method", "mean width", "min margin lb", "verified", "time s", "peak MB"], rows))
+    if plot_path:
+        eps_values = [eps * f for f in (0.25, 0.5, 1.0, 1.5, 2.0)]
+        plot_tightness(net, lambda e: make_input_set(x, e, norm, clip), spec, eps_values, DEFAULT_RUNS,
+                       plot_path, limit)
+        click.echo(f"wrote {plot_path}")
 
 
 @main.command()

@@ -175,6 +175,7 @@ class _Solver:
         self.cases = [_CaseState(c, n_out) for c in prop.cases]
         self.confirm = Confirmer(ort, prop, net.input_shape if net is not None else prop_input_shape(ort, prop))
         self.best_method = None  # the tightest method that ran on every open case
+        self.ran_ok = []
         self.gradient_ok = net is not None
         self.max_memory = max_memory
 
@@ -287,6 +288,7 @@ class _Solver:
             newly = self.proved(lower, tol, cs.b[rows], owner, len(cs.open))[0]
             cs.open &= ~newly
         self.best_method = (method, strategy)
+        self.ran_ok.append((method, strategy))
         self.note(name, t, result="bounds", open_disjuncts=self.n_open())
         if not self.open_cases():
             raise _Decided("unsat")
@@ -298,15 +300,16 @@ class _Solver:
         return all(int((cs.case.x_upper > cs.case.x_lower).sum()) <= self.max_split_dims
                    for cs in self.open_cases())
 
-    def branch_and_bound(self, max_boxes=2_000_000):
+    def branch_and_bound(self, max_boxes=1_000_000):
         """Bisect the input boxes of the open cases until every box is proved (unsat), a box
         centre is a confirmed counterexample (sat), or time / memory runs out."""
         t = time.monotonic()
-        method, strategy = self.best_method
-        stats = {"boxes": 0, "rounds": 0, "queue": 0}
+        tiers = self.bab_tiers()
+        method = "+".join(m for m, _ in tiers)
+        stats = {"bounded": 0, "expanded": 0, "queue": 0, "proved_volume": 0.0}
         try:
             for cs in self.open_cases():
-                if not self._bab_case(cs, method, strategy, max_boxes, stats):
+                if not self._bab_case(cs, tiers, max_boxes, stats):
                     self.note("split", t, result="gave up", method=method, **stats)
                     return
         except _TimeUp:
@@ -315,86 +318,137 @@ class _Solver:
         self.note("split", t, result="proved", method=method, **stats)
         raise _Decided("unsat")
 
-    def _bab_case(self, cs, method, strategy, max_boxes, stats):
-        from .attack import CaseObjective, GradientUnavailable, value_and_grad
+    def _bound_boxes(self, cs, lo, hi, parent_open, method, strategy, state):
+        """Bound boxes ``(N, n_in)`` on the rows of their open disjuncts. Returns ``(open
+        (N, D), score (N,), target (N,))``: disjuncts still open, the smallest shortfall
+        ``max_row (lower - b)`` over open disjuncts (``inf`` when proved) and that disjunct.
+        Calls are chunked to ``state['batch']`` boxes, which adapts to the call time."""
+        D = len(cs.open)
+        rows = parent_open.any(axis=0)[cs.owner]
+        R, b, owner = cs.R[rows], cs.b[rows], cs.owner[rows]
+        out_open, out_score, out_target = [], [], []
+        i = 0
+        while i < len(lo):
+            self.check_time()
+            n = state["batch"]
+            ts = time.monotonic()
+            try:
+                lower, tol = self.bounds(lo[i:i + n], hi[i:i + n], R, method, strategy)
+            except (MemoryLimitError, MemoryError):
+                if n == 1:
+                    raise
+                state["batch"] = max(1, n // 2)
+                continue
+            dt = time.monotonic() - ts
+            if dt < 0.1 and n < 8192 and len(lo) - i > n:
+                state["batch"] = n * 2
+            elif dt > 1.0 and n > 8:
+                state["batch"] = n // 2
+            op = parent_open[i:i + n] & ~self.proved(lower, tol, b, owner, D)
+            short = np.full(op.shape, np.inf)
+            diff = lower - b[None]
+            for d in np.unique(owner):
+                short[:, d] = diff[:, owner == d].max(axis=1)
+            short[~op] = np.inf
+            out_open.append(op)
+            out_score.append(short.min(axis=1))
+            out_target.append(np.argmin(short, axis=1))
+            i += lower.shape[0]
+        self.bab_stats["bounded"] += len(lo)
+        return np.concatenate(out_open), np.concatenate(out_score), np.concatenate(out_target)
 
+    def bab_tiers(self):
+        """Bound methods of the bisection: a cheap one scores every candidate child, the
+        tightest method that ran re-bounds the children that stay open."""
+        ran = [ms for ms in self.cascade if ms in self.ran_ok]
+        tight = self.best_method
+        cheap = next((ms for ms in ran if ms[0] == "crown-lbp"), None) \
+            or next((ms for ms in ran if ms[0] == "crown-ibp"), None) or tight
+        return [cheap] if cheap == tight else [cheap, tight]
+
+    def _bab_case(self, cs, tiers, max_boxes, stats, try_all_dims=8):
+        from .attack import CaseObjective, GradientUnavailable, forward_flat, value_and_grad
+
+        self.bab_stats = stats
         c = cs.case
         root_w = c.x_upper - c.x_lower
-        free = root_w > 0
-        D = len(cs.open)
-        lo_q, hi_q, open_q = c.x_lower[None].copy(), c.x_upper[None].copy(), cs.open[None].copy()
+        free = np.flatnonzero(root_w > 0)
+        exhaustive = len(free) <= try_all_dims
         objective = CaseObjective(c.y_disjuncts, self.n_out)
         tol_m = 1e-6 * (1.0 + float(np.abs(cs.b).max(initial=0.0)))
-        batch, per_box = 16, None
+        state = {"batch": 8}
+        lo_q, hi_q = c.x_lower[None].copy(), c.x_upper[None].copy()
+        method, strategy = tiers[0]
+        open_q, score, target = self._bound_boxes(cs, lo_q, hi_q, cs.open[None], *tiers[-1], state)
+        keep = np.isinf(score) == False  # noqa: E712
+        lo_q, hi_q, open_q, target_q = lo_q[keep], hi_q[keep], open_q[keep], target[keep]
+        depth_q = np.zeros(len(lo_q), dtype=np.int64)
         while len(lo_q):
             self.check_time()
             if len(lo_q) > max_boxes:
                 return False
-            n = min(batch, len(lo_q))
-            lo, hi, op = lo_q[-n:], hi_q[-n:], open_q[-n:]
-            lo_q, hi_q, open_q = lo_q[:-n], hi_q[:-n], open_q[:-n]
-            rows = op.any(axis=0)[cs.owner]
-            ts = time.monotonic()
-            try:
-                lower, tol = self.bounds(lo, hi, cs.R[rows], method, strategy)
-            except (MemoryLimitError, MemoryError):
-                if n == 1:
-                    return False
-                lo_q, hi_q, open_q = np.concatenate([lo_q, lo]), np.concatenate([hi_q, hi]), np.concatenate([open_q, op])
-                batch = max(1, n // 2)
-                continue
-            dt = time.monotonic() - ts
-            per_box = dt / n
-            stats["boxes"] += n
-            stats["rounds"] += 1
-            stats["queue"] = len(lo_q) + n
-            stats["batch"] = n
-            op = op & ~self.proved(lower, tol, cs.b[rows], cs.owner[rows], D)
-            keep = op.any(axis=1)
-            vol = np.prod(np.where(free, (hi - lo) / np.where(free, root_w, 1), 1.0), axis=1)
-            stats["proved_volume"] = round(stats.get("proved_volume", 0.0) + float(vol[~keep].sum()) / len(self.cases), 6)
-            lo, hi, op = lo[keep], hi[keep], op[keep]
-            if len(lo):
-                # worst open disjunct per box (largest shortfall of its best row): attack and split on it
-                short = np.full((len(lo), D), np.inf)
-                sub = lower[keep] - cs.b[rows][None]
-                for d in range(D):
-                    cols = cs.owner[rows] == d
-                    if cols.any():
-                        short[:, d] = sub[:, cols].max(axis=1)
-                short[~op] = np.inf
-                target = np.argmin(short, axis=1)
-                centre = (lo + hi) / 2
+            stats["queue"] = len(lo_q)
+            n = max(1, min(len(lo_q), state["batch"] // (2 * len(free) if exhaustive else 2)))
+            lo, hi, op, tg, dp = lo_q[-n:], hi_q[-n:], open_q[-n:], target_q[-n:], depth_q[-n:]
+            lo_q, hi_q, open_q, target_q, depth_q = lo_q[:-n], hi_q[:-n], open_q[:-n], target_q[:-n], depth_q[:-n]
+            stats["expanded"] += n
+            centre = (lo + hi) / 2
+            width = hi - lo
+            g = None
+            if not exhaustive and self.gradient_ok:
                 try:
-                    y, g = value_and_grad(self.net.graph, centre, lambda yy: objective.loss_grad(yy, target)[1])
+                    y, g = value_and_grad(self.net.graph, centre, lambda yy: objective.loss_grad(yy, tg)[1])
                 except GradientUnavailable:
-                    from .attack import forward_flat
-
-                    y, g = forward_flat(self.net.graph, centre), np.zeros_like(centre)
-                m = objective.margins(y)
-                bad = m.min(axis=1) <= tol_m
-                if bad.any() and self.confirm(centre[bad][np.argsort(m.min(axis=1)[bad])], c):
-                    raise _Decided("sat")
-                width = hi - lo
-                score = np.abs(g) * width
-                score[:, ~free] = -1
-                flat = score.max(axis=1) <= 0
-                if flat.any():  # no gradient signal: widest dimension relative to the root box
-                    rel = np.where(free, width / np.where(free, root_w, 1), -1)
-                    score[flat] = rel[flat]
-                dim = np.argmax(score, axis=1)
-                mid = (lo[np.arange(len(lo)), dim] + hi[np.arange(len(lo)), dim]) / 2
-                lo2, hi1 = lo.copy(), hi.copy()
-                hi1[np.arange(len(lo)), dim] = mid
-                lo2[np.arange(len(lo)), dim] = mid
-                lo_q = np.concatenate([lo_q, lo, lo2])
-                hi_q = np.concatenate([hi_q, hi1, hi])
-                open_q = np.concatenate([open_q, op, op])
-            # grow the batch while a call stays short (better vectorisation)
-            if dt < 0.05 and batch < 4096:
-                batch *= 2
-            elif dt > 0.5 and batch > 16:
-                batch //= 2
+                    self.gradient_ok = False
+            if g is None:
+                y = forward_flat(self.net.graph, centre)
+            m = objective.margins(y).min(axis=1)
+            bad = m <= tol_m
+            if bad.any() and self.confirm(centre[bad][np.argsort(m[bad])], c):
+                raise _Decided("sat")
+            # candidate split dimensions per box: (n, k)
+            if exhaustive:
+                cand = np.broadcast_to(free, (n, len(free)))
+            else:
+                rel = np.full(width.shape, -1.0)
+                rel[:, free] = width[:, free] / root_w[free]
+                smear = np.full(width.shape, -1.0)
+                if g is not None:
+                    smear[:, free] = np.abs(g[:, free]) * width[:, free]
+                use_rel = (dp % 2 == 1) | (smear.max(axis=1) <= 0)
+                cand = np.where(use_rel, np.argmax(rel, axis=1), np.argmax(smear, axis=1))[:, None]
+            k = cand.shape[1]
+            rows_ = np.repeat(np.arange(n), k)
+            dims = cand.reshape(-1)
+            mid = (lo[rows_, dims] + hi[rows_, dims]) / 2
+            lo_a, hi_a = lo[rows_].copy(), hi[rows_].copy()
+            hi_a[np.arange(n * k), dims] = mid
+            lo_b, hi_b = lo[rows_].copy(), hi[rows_].copy()
+            lo_b[np.arange(n * k), dims] = mid
+            ch_lo, ch_hi = np.concatenate([lo_a, lo_b]), np.concatenate([hi_a, hi_b])
+            ch_open_parent = np.concatenate([op[rows_], op[rows_]])
+            ch_open, ch_score, ch_target = self._bound_boxes(cs, ch_lo, ch_hi, ch_open_parent, method, strategy, state)
+            # best dimension per box: the larger worst-child score
+            both = np.minimum(ch_score[: n * k], ch_score[n * k:]).reshape(n, k)
+            best = np.argmax(both, axis=1)
+            pick = np.arange(n) * k + best
+            sel = np.concatenate([pick, pick + n * k])
+            ch_lo, ch_hi, ch_open, ch_score, ch_target = ch_lo[sel], ch_hi[sel], ch_open[sel], ch_score[sel], ch_target[sel]
+            for m2, s2 in tiers[1:]:  # tighter bounds for the children that stay open
+                todo = np.flatnonzero(~np.isinf(ch_score))
+                if len(todo):
+                    st2 = state.setdefault(m2, {"batch": 8})
+                    o2, s2_, t2 = self._bound_boxes(cs, ch_lo[todo], ch_hi[todo], ch_open[todo], m2, s2, st2)
+                    ch_open[todo], ch_score[todo], ch_target[todo] = o2, s2_, t2
+            done = np.isinf(ch_score)
+            vol = np.prod((ch_hi[:, free] - ch_lo[:, free]) / root_w[free], axis=1)
+            stats["proved_volume"] = round(stats["proved_volume"] + float(vol[done].sum()) / len(self.cases), 6)
+            keep = ~done
+            lo_q = np.concatenate([lo_q, ch_lo[keep]])
+            hi_q = np.concatenate([hi_q, ch_hi[keep]])
+            open_q = np.concatenate([open_q, ch_open[keep]])
+            target_q = np.concatenate([target_q, ch_target[keep]])
+            depth_q = np.concatenate([depth_q, np.concatenate([dp, dp])[keep] + 1])
         cs.open[:] = False
         return True
 

@@ -113,12 +113,14 @@ class LinearEngine:
         B, n1 = self.B, self.n0 + 1
         ins = [self.maps[i] for i in node.inputs]
         if rule.affine:
+            # centre/radius form: W+ L + W- U = W mid - |W| rad (two ops instead of four)
             fold = lambda m: bk.reshape(m, (B * n1,) + tuple(m.shape[2:]))  # noqa: E731
-            Ls, Us = [fold(L) for L, _ in ins], [fold(U) for _, U in ins]
-            L = bk.reshape(rule.apply_signed(bk, node, Ls, Us), (B, n1) + tuple(node.shape))
-            U = bk.reshape(rule.apply_signed(bk, node, Us, Ls), (B, n1) + tuple(node.shape))
+            mids = [fold((L + U) / 2) for L, U in ins]
+            rads = [fold((U - L) / 2) for L, U in ins]
+            mid = bk.reshape(rule.apply(bk, node, *mids, bias=False), (B, n1) + tuple(node.shape))
+            rad = bk.reshape(rule.apply_abs(bk, node, *rads), (B, n1) + tuple(node.shape))
             const = bk.reshape(self.offset(name), (1, 1) + tuple(node.shape))
-            L, U = self._add_const(L, const), self._add_const(U, const)
+            L, U = self._add_const(mid - rad, const), self._add_const(mid + rad, const)
         elif node.op in ELEMENTWISE:
             aL, bL, aU, bU = (v[:, None] for v in self.relax[name])
             (Li, Ui), = ins

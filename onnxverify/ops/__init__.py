@@ -1,9 +1,10 @@
 """Op rules: one object per IR op, registered by name.
 
 A rule says, in one place, how its op evaluates (``forward``) and maps an interval
-(``ibp``). Affine ops (:class:`AffineRule`) additionally expose ``apply`` without the
-bias and ``apply_abs`` (the op with absolute weights), which the linear bound methods
-use; activation ops expose their bounding lines in :mod:`onnxverify.relaxations`.
+(``ibp``). Affine ops (:class:`AffineRule`) also give ``apply`` without the bias,
+``apply_abs`` (absolute weights) and ``adjoint`` (the transpose): the forward linear pass
+uses the first two, backward passes the third. Activation bounding lines live in
+:mod:`onnxverify.relaxations`; MaxPool's relaxation is on its rule.
 """
 from __future__ import annotations
 
@@ -47,12 +48,6 @@ class AffineRule(OpRule):
         """``|L|(x)``: the linear part with absolute weights, no bias. Default: L itself
         (true for ops whose weights are all >= 0: reshapes, pads, pooling, concat, add)."""
         return self.apply(bk, node, *xs, bias=False)
-
-    def apply_signed(self, bk, node, pos, neg):
-        """Linear part (no bias) with the positive weights acting on ``pos`` and the negative
-        weights on ``neg`` (lists, one array per input). Used by the forward linear pass:
-        lower map = apply_signed(lower maps, upper maps). Default: all weights >= 0."""
-        return self.apply(bk, node, *pos, bias=False)
 
     def adjoint(self, bk, node, A, in_shapes):
         """Transpose of the linear part: ``A (M, *out_shape)`` -> one ``(M, *in_shape)`` per input."""

@@ -19,10 +19,6 @@ class Linear(AffineRule):
         w = params_as(bk, node, "weight", x.dtype)
         return bk.matmul(x, bk.transpose(bk.abs(w), (1, 0)))
 
-    def apply_signed(self, bk, node, pos, neg):
-        w = params_as(bk, node, "weight", pos[0].dtype)
-        return bk.matmul(pos[0], bk.transpose(bk.pos(w), (1, 0))) + bk.matmul(neg[0], bk.transpose(bk.neg(w), (1, 0)))
-
     def adjoint(self, bk, node, A, in_shapes):
         return [bk.matmul(A, params_as(bk, node, "weight", A.dtype))]
 
@@ -45,11 +41,6 @@ class Conv(AffineRule):
     def apply_abs(self, bk, node, x):
         return self.apply(bk, node, x, bias=False, weight=bk.abs(params_as(bk, node, "weight", x.dtype)))
 
-    def apply_signed(self, bk, node, pos, neg):
-        w = params_as(bk, node, "weight", pos[0].dtype)
-        return (self.apply(bk, node, pos[0], bias=False, weight=bk.pos(w))
-                + self.apply(bk, node, neg[0], bias=False, weight=bk.neg(w)))
-
     def adjoint(self, bk, node, A, in_shapes):
         a = node.attrs
         w = params_as(bk, node, "weight", A.dtype)
@@ -69,10 +60,6 @@ class Affine(AffineRule):
 
     def apply_abs(self, bk, node, x):
         return x * bk.abs(params_as(bk, node, "scale", x.dtype))
-
-    def apply_signed(self, bk, node, pos, neg):
-        scale = params_as(bk, node, "scale", pos[0].dtype)
-        return pos[0] * bk.pos(scale) + neg[0] * bk.neg(scale)
 
     def adjoint(self, bk, node, A, in_shapes):
         return [A * params_as(bk, node, "scale", A.dtype)]

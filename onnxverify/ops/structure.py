@@ -41,9 +41,6 @@ class Concat(AffineRule):
     def apply(self, bk, node, *xs, bias=True):
         return bk.concat(xs, axis=node.attrs["axis"] + 1)
 
-    def apply_signed(self, bk, node, pos, neg):
-        return self.apply(bk, node, *pos, bias=False)
-
     def adjoint(self, bk, node, A, in_shapes):
         axis, out, start = node.attrs["axis"] + 1, [], 0
         for s in in_shapes:
@@ -78,9 +75,6 @@ class Add(AffineRule):
     def apply(self, bk, node, a, b, bias=True):
         return a + b
 
-    def apply_signed(self, bk, node, pos, neg):
-        return pos[0] + pos[1]
-
     def adjoint(self, bk, node, A, in_shapes):
         return [A, A]
 
@@ -96,9 +90,6 @@ class Sub(AffineRule):
 
     def apply_abs(self, bk, node, a, b):
         return a + b
-
-    def apply_signed(self, bk, node, pos, neg):
-        return pos[0] - neg[1]
 
     def adjoint(self, bk, node, A, in_shapes):
         return [A, -A]
