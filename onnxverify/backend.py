@@ -205,7 +205,7 @@ class ArrayModuleBackend(Backend):
         return self.xp.zeros(tuple(shape), dtype=dtype)
 
     def conv2d(self, x, w, stride, pads, dilation, groups):
-        """im2col + one matrix product per group (BLAS)."""
+        """im2col in a channel-first layout + one BLAS product per group."""
         xp = self.xp
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
@@ -213,38 +213,36 @@ class ArrayModuleBackend(Backend):
         ho = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (wd + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         og = o // groups
+        xt = x.transpose(1, 0, 2, 3)  # c n h w
         outs = []
         for g in range(groups):
-            xg = x[:, g * cg:(g + 1) * cg]
-            cols = xp.empty((n, ho, wo, cg, kh * kw), dtype=x.dtype)
-            for k, win in enumerate(window_views(xg, (kh, kw), stride, dilation, (ho, wo))):
-                cols[..., k] = win.transpose(0, 2, 3, 1)
-            wmat = w[g * og:(g + 1) * og].reshape(og, cg * kh * kw).astype(x.dtype, copy=False)
-            outs.append((cols.reshape(n * ho * wo, cg * kh * kw) @ wmat.T).reshape(n, ho, wo, og))
-        out = outs[0] if groups == 1 else xp.concatenate(outs, axis=3)
-        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+            cols = xp.empty((kh * kw, cg, n, ho, wo), dtype=x.dtype)
+            for k, win in enumerate(window_views(xt[g * cg:(g + 1) * cg], (kh, kw), stride, dilation, (ho, wo))):
+                cols[k] = win
+            wmat = w[g * og:(g + 1) * og].transpose(0, 2, 3, 1).reshape(og, kh * kw * cg).astype(x.dtype, copy=False)
+            outs.append(wmat @ cols.reshape(kh * kw * cg, n * ho * wo))
+        out = outs[0] if groups == 1 else xp.concatenate(outs, axis=0)
+        return out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
 
     def conv_transpose2d(self, y, w, stride, pads, dilation, groups, in_hw):
-        """Adjoint of :meth:`conv2d`: (N, O, Ho, Wo) -> (N, C, H, W); one matrix product per
-        group, then col2im by shifted strided adds."""
-        xp = self.xp
+        """Adjoint of :meth:`conv2d`: (N, O, Ho, Wo) -> (N, C, H, W); one BLAS product per
+        group, then col2im by shifted strided adds (channel-first layout)."""
         n, o, ho, wo = y.shape
         _, cg, kh, kw = w.shape
         h, wd = in_hw
         hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
         og = o // groups
         sh, sw = stride
-        out = self.zeros((n, hp, wp, groups * cg), dtype=np.result_type(y.dtype, w.dtype))
-        yt = y.transpose(0, 2, 3, 1)
+        out = self.zeros((groups * cg, n, hp, wp), dtype=np.result_type(y.dtype, w.dtype))
+        yt = y.transpose(1, 0, 2, 3)  # o n ho wo
         for g in range(groups):
-            ymat = yt[..., g * og:(g + 1) * og].reshape(n * ho * wo, og)
-            cols = (ymat @ w[g * og:(g + 1) * og].reshape(og, cg * kh * kw)).reshape(n, ho, wo, cg, kh, kw)
+            wg = w[g * og:(g + 1) * og].transpose(2, 3, 1, 0).reshape(kh * kw * cg, og).astype(y.dtype, copy=False)
+            cols = (wg @ yt[g * og:(g + 1) * og].reshape(og, n * ho * wo)).reshape(kh, kw, cg, n, ho, wo)
             for i in range(kh):
                 for j in range(kw):
                     r0, c0 = i * dilation[0], j * dilation[1]
-                    out[:, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw, g * cg:(g + 1) * cg] += cols[..., i, j]
-        out = out[:, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
-        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+                    out[g * cg:(g + 1) * cg, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw] += cols[i, j]
+        return out[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd].transpose(1, 0, 2, 3)
 
     def max_pool2d(self, x, kernel, stride, pads, dilation, ceil_mode):
         (ho, wo), widths = pool_geometry(x.shape[2:], kernel, stride, pads, dilation, ceil_mode)
