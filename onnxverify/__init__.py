@@ -10,6 +10,7 @@ from .errors import InputError, MemoryLimitError, ModelError, OnnxVerifyError, U
 from .input_sets import Box, InputSet, LinfBall, LpBall, make_input_set
 from .ir import Graph, Node
 from .network import Network, load
+from .onnx_import import import_model
 from .spec import margin_spec
 
 __version__ = "0.1.0"
@@ -17,5 +18,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Box", "Bounds", "Graph", "InputError", "InputSet", "LinfBall", "LpBall", "METHODS", "MemoryLimitError",
     "ModelError", "Network", "Node", "OnnxVerifyError", "STRATEGIES", "UnsupportedOpError", "compute_bounds",
-    "get_backend", "load", "make_input_set", "margin_spec",
+    "get_backend", "import_model", "load", "make_input_set", "margin_spec",
 ]

@@ -163,6 +163,32 @@ def nhwc_shape_chain(seed=0):
     return b.model(x, [4]), (0.0, 1.0)
 
 
+def opset_net(opset: int, seed: int = 0):
+    """Conv/BN/Pad/MaxPool/Squeeze/Unsqueeze/Gemm written in the form of ``opset`` (8..21)."""
+    b = Builder(seed, (2, 6, 6), opset=opset)
+    x = b.conv("input", 2, 3, k=3, stride=1, pads=(1, 1, 1, 1))
+    r = b.rng
+    bn_in = [x] + [b.const(v.astype(np.float32)) for v in (r.uniform(0.5, 1.5, 3), r.normal(0, 0.2, 3),
+                                                           r.normal(0, 0.2, 3), r.uniform(0.5, 1.5, 3))]
+    x = b.node("BatchNormalization", bn_in, **({"spatial": 1} if opset < 9 else {}))
+    x = b.node("Relu", [x])
+    if opset < 11:
+        x = b.node("Pad", [x], pads=[0, 0, 1, 1, 0, 0, 0, 0], mode="constant", value=0.0)
+    else:
+        x = b.node("Pad", [x, b.const(np.array([0, 0, 1, 1, 0, 0, 0, 0], np.int64))], mode="constant")
+    x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    if opset < 13:
+        x = b.node("Unsqueeze", [x], axes=[2])
+        x = b.node("Squeeze", [x], axes=[2])
+    else:
+        x = b.node("Unsqueeze", [x, b.const(np.array([2], np.int64))])
+        x = b.node("Squeeze", [x, b.const(np.array([2], np.int64))])
+    x = b.node("Dropout", [x], **({"ratio": 0.5} if opset < 12 else {}))
+    x = b.flatten(x)
+    x = b.gemm(x, 3 * 3 * 3, 4)
+    return b.model(x, [4])
+
+
 ALL_BUILDERS = {
     "mlp_relu": mlp,
     "mlp_sigmoid_tanh": mlp_sigmoid,

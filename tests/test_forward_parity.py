@@ -50,3 +50,13 @@ def test_fusion_keeps_the_function():
     assert len(fused) < len(plain)
     x = np.random.default_rng(0).uniform(0, 1, (2,) + fused.input_shape).astype(np.float32)
     np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [8, 9, 10, 11, 12, 13, 15, 17, 19, 21])
+def test_opsets_8_to_21(opset):
+    """One network written natively at each opset (Pad/Squeeze/Unsqueeze change signature
+    at 11/13, BatchNormalization/Dropout attributes change too) imports and matches onnxruntime."""
+    model = nets.opset_net(opset)
+    net = ov.Network(ov.onnx_import.import_model(model), model=model)
+    x = np.random.default_rng(0).uniform(0, 1, (2,) + net.input_shape).astype(np.float32)
+    _compare(net, OrtModel(model), x, "numpy")

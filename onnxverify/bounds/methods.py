@@ -127,8 +127,13 @@ def _output_cut_nodes(graph, needs, depth):
 
 
 def _rows_per_chunk(eng, start, max_memory, itemsize):
-    biggest = max(eng.g[n].size for n in eng._ancestors(start))
-    per_row = eng.B * max(biggest, eng.n0) * itemsize * 8
+    """Rows of a backward pass that fit in ``max_memory``: per row, a few arrays of the
+    largest ancestor's size plus the im2col buffer of the widest kernel (kh * kw copies)."""
+    ancestors = [eng.g[n] for n in eng._ancestors(start)]
+    biggest = max(n.size for n in ancestors)
+    kernel = max([int(np.prod(n.params["weight"].shape[2:])) for n in ancestors if n.op == "Conv"]
+                 + [int(np.prod(n.attrs["kernel"])) for n in ancestors if n.op in ("MaxPool", "AvgPool")] + [1])
+    per_row = eng.B * max(biggest, eng.n0) * itemsize * (8 + 2 * kernel)
     rows = int(max_memory // max(per_row, 1))
     if rows < 1:
         raise MemoryLimitError(f"one backward row from {start} needs about {_gb(per_row)}, over the memory limit "
