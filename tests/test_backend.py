@@ -11,8 +11,15 @@ CONVS = [((1, 1), (0, 0, 0, 0), (1, 1), 1), ((2, 2), (1, 0, 2, 1), (1, 1), 1), (
          ((3, 3), (0, 2, 1, 0), (1, 1), 4)]
 
 
+@pytest.fixture(params=["im2col", "torch-kernels"])
+def numpy_kernels(request, monkeypatch):
+    """The numpy backend's own im2col kernels, and torch's kernels on numpy memory."""
+    monkeypatch.setenv("ONNXVERIFY_NUMPY_KERNELS", "1" if request.param == "im2col" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("stride,pads,dilation,groups", CONVS)
-def test_conv_and_adjoint(stride, pads, dilation, groups):
+def test_conv_and_adjoint(stride, pads, dilation, groups, numpy_kernels):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 4, 9, 8))
     w = rng.normal(size=(8, 4 // groups, 3, 2))
