@@ -102,6 +102,10 @@ class Backend:
     def broadcast_to(self, a, shape):
         return self.xp.broadcast_to(a, tuple(shape))
 
+    def line_backward(self, A, lo_a, hi_a):
+        """``pos(A) * lo_a + neg(A) * hi_a`` (A ``(B, K, ...)``, slopes ``(B, 1, ...)``)."""
+        return A * lo_a + self.neg(A) * (hi_a - lo_a)
+
     # ---- reductions / products ----------------------------------------------------
     def sum(self, a, axis=None, keepdims=False):
         return a.sum(axis=axis, keepdims=keepdims)
@@ -192,6 +196,12 @@ class ArrayModuleBackend(Backend):
         if hasattr(a, "detach"):  # a torch tensor handed in by a user
             a = a.detach().cpu().numpy()
         return self.xp.asarray(a, dtype=dtype)
+
+    def line_backward(self, A, lo_a, hi_a):
+        out = self.xp.minimum(A, 0)
+        out *= hi_a - lo_a
+        out += A * lo_a
+        return out
 
     def to_numpy(self, a):
         if self.xp is np:
@@ -391,13 +401,12 @@ class TorchBackend(Backend):
 
     def conv_transpose2d(self, y, w, stride, pads, dilation, groups, in_hw):
         h, wd = in_hw
-        hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
-        ho, wo = y.shape[2:]
-        base_h = (ho - 1) * stride[0] + dilation[0] * (w.shape[2] - 1) + 1
-        base_w = (wo - 1) * stride[1] + dilation[1] * (w.shape[3] - 1) + 1
         out = self.F.conv_transpose2d(y, w, stride=tuple(stride), dilation=tuple(dilation), groups=groups)
-        # rows/cols of the padded input never touched by a window get zeros
-        out = self.F.pad(out, [0, wp - base_w, 0, hp - base_h])
+        # rows/cols of the padded input that no window touches are zero: pad only if needed
+        short_h = max(0, pads[0] + h - out.shape[2])
+        short_w = max(0, pads[1] + wd - out.shape[3])
+        if short_h or short_w:
+            out = self.F.pad(out, [0, short_w, 0, short_h])
         return out[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
 
     def max_pool2d(self, x, kernel, stride, pads, dilation, ceil_mode):

@@ -2,9 +2,10 @@
 
 Shapes: ``B`` batch, ``n0`` flattened input size, ``K`` rows of a backward pass.
 
-* Forward maps of a node: lower/upper linear functions of the input,
-  ``(B, n0 + 1, *shape)`` — columns ``0..n0-1`` are coefficients of the flattened input,
-  column ``n0`` is the constant (PAPER_NOTES.md §2, eq. 17–18).
+* Forward maps of a node: lower/upper linear functions of the input (PAPER_NOTES.md §2,
+  eq. 17–18), stored as ``(Lk, Lc, Uk, Uc)``: coefficients ``(B, n0, *shape)`` of the
+  flattened input and constants ``(B, *shape)``. While a map is exact (no activation
+  crossed yet) ``Lk is Uk``, and affine ops apply it once.
 * A backward pass from node ``s`` with coefficients ``Lam (B, K, *shape_s)`` pushes
   ``Lam`` through the graph in reverse topological order (adjoints of affine ops,
   bounding lines of activations) to the input, or stops after ``depth`` nonlinear nodes
@@ -34,7 +35,7 @@ class LinearEngine:
         self.g, self.bk, self.dtype, self.strategy = graph, bk, dtype, strategy
         self.ibp = ibp_env
         self.bounds: dict = {}  # name -> (lower, upper), (B, *shape): the best known
-        self.maps: dict = {}  # name -> (Lmap, Umap), (B, n0 + 1, *shape)
+        self.maps: dict = {}  # name -> (Lk, Lc, Uk, Uc)
         self.relax: dict = {}  # nonlinear node name -> its relaxation
         self.input_set = input_set
         xl, xu = input_set.box()
@@ -62,13 +63,13 @@ class LinearEngine:
         return bk.einsum("bkn,bn->bk", bk.pos(A), lo_x) + bk.einsum("bkn,bn->bk", bk.neg(A), hi_x) + c
 
     def concretize_maps(self, name):
-        L, U = self.maps[name]
-        shape = (self.B,) + tuple(self.g[name].shape)
-        n0 = self.n0
-        Lf, Uf = _flat(self.bk, L, 2), _flat(self.bk, U, 2)  # (B, n0+1, N)
-        lo = self.concretize(self.bk.transpose(Lf[:, :n0], (0, 2, 1)), Lf[:, n0], upper=False)
-        hi = self.concretize(self.bk.transpose(Uf[:, :n0], (0, 2, 1)), Uf[:, n0], upper=True)
-        return self.bk.reshape(lo, shape), self.bk.reshape(hi, shape)
+        Lk, Lc, Uk, Uc = self.maps[name]
+        bk, B = self.bk, self.B
+        shape = (B,) + tuple(self.g[name].shape)
+        t = lambda k: bk.transpose(bk.reshape(k, (B, self.n0, -1)), (0, 2, 1))  # noqa: E731  (B, N, n0)
+        lo = self.concretize(t(Lk), bk.reshape(Lc, (B, -1)), upper=False)
+        hi = self.concretize(t(Uk), bk.reshape(Uc, (B, -1)), upper=True)
+        return bk.reshape(lo, shape), bk.reshape(hi, shape)
 
     def tighten(self, name, lo, hi):
         """Intersect new bounds with the best known ones for ``name``."""
@@ -99,49 +100,45 @@ class LinearEngine:
 
     # ---- forward maps (LBP) ----------------------------------------------------------------------
     def input_maps(self):
-        bk, B, n0 = self.bk, self.B, self.n0
-        eye = np.zeros((n0 + 1, n0))
-        eye[np.arange(n0), np.arange(n0)] = 1.0
-        m = bk.asarray(np.broadcast_to(eye.reshape((1, n0 + 1) + tuple(self.g.input_shape)),
-                                       (B, n0 + 1) + tuple(self.g.input_shape)).copy(), dtype=self.dtype)
-        self.maps[self.g.input.name] = (m, m)
+        bk, B, n0, shape = self.bk, self.B, self.n0, tuple(self.g.input_shape)
+        eye = np.broadcast_to(np.eye(n0).reshape((1, n0) + shape), (B, n0) + shape)
+        k = bk.asarray(np.ascontiguousarray(eye), dtype=self.dtype)
+        c = bk.zeros((B,) + shape, dtype=self.dtype)
+        self.maps[self.g.input.name] = (k, c, k, c)
 
     def forward_maps(self, name):
         """Forward linear bounds of node ``name`` from the maps of its inputs."""
         bk, node = self.bk, self.g[name]
         rule = rule_for(node.op)
-        B, n1 = self.B, self.n0 + 1
+        B, n0, shape = self.B, self.n0, tuple(node.shape)
         ins = [self.maps[i] for i in node.inputs]
+        fold = lambda m: bk.reshape(m, (B * n0,) + tuple(m.shape[2:]))  # noqa: E731
+        unfold = lambda m: bk.reshape(m, (B, n0) + shape)  # noqa: E731
         if rule.affine:
             # centre/radius form: W+ L + W- U = W mid - |W| rad (two ops instead of four)
-            fold = lambda m: bk.reshape(m, (B * n1,) + tuple(m.shape[2:]))  # noqa: E731
-            mids = [fold((L + U) / 2) for L, U in ins]
-            rads = [fold((U - L) / 2) for L, U in ins]
-            mid = bk.reshape(rule.apply(bk, node, *mids, bias=False), (B, n1) + tuple(node.shape))
-            rad = bk.reshape(rule.apply_abs(bk, node, *rads), (B, n1) + tuple(node.shape))
-            const = bk.reshape(self.offset(name), (1, 1) + tuple(node.shape))
-            L, U = self._add_const(mid - rad, const), self._add_const(mid + rad, const)
+            if all(Lk is Uk and Lc is Uc for Lk, Lc, Uk, Uc in ins):  # exact maps stay exact
+                k = unfold(rule.apply(bk, node, *[fold(m[0]) for m in ins], bias=False))
+                c = rule.apply(bk, node, *[m[1] for m in ins], bias=True)
+                self.maps[name] = (k, c, k, c)
+                return
+            mid = unfold(rule.apply(bk, node, *[fold((Lk + Uk) / 2) for Lk, _, Uk, _ in ins], bias=False))
+            rad = unfold(rule.apply_abs(bk, node, *[fold((Uk - Lk) / 2) for Lk, _, Uk, _ in ins]))
+            cmid = rule.apply(bk, node, *[(Lc + Uc) / 2 for _, Lc, _, Uc in ins], bias=True)
+            crad = rule.apply_abs(bk, node, *[(Uc - Lc) / 2 for _, Lc, _, Uc in ins])
+            self.maps[name] = (mid - rad, cmid - crad, mid + rad, cmid + crad)
         elif node.op in ELEMENTWISE:
-            aL, bL, aU, bU = (v[:, None] for v in self.relax[name])
-            (Li, Ui), = ins
-            L = self._add_const(bk.pos(aL) * Li + bk.neg(aL) * Ui, bL)
-            U = self._add_const(bk.pos(aU) * Ui + bk.neg(aU) * Li, bU)
+            # every bounding line has a slope >= 0 (relaxations.py), so lower maps scale lower maps
+            aL, bL, aU, bU = self.relax[name]
+            (Lk, Lc, Uk, Uc), = ins
+            self.maps[name] = (aL[:, None] * Lk, aL * Lc + bL, aU[:, None] * Uk, aU * Uc + bU)
         elif node.op == "MaxPool":
             select, decided, upper = self.relax[name]
-            (Li, Ui), = ins
-            fold = lambda m: bk.reshape(m, (B * n1,) + tuple(m.shape[2:]))  # noqa: E731
-            L = bk.reshape(rule.gather(bk, node, fold(Li), select), (B, n1) + tuple(node.shape))
-            Ug = bk.reshape(rule.gather(bk, node, fold(Ui), select), (B, n1) + tuple(node.shape))
-            d = decided[:, None]
-            U = self._add_const(Ug * d, (1 - decided[:, None]) * upper[:, None])
+            (Lk, Lc, Uk, Uc), = ins
+            gk = lambda m: unfold(rule.gather(bk, node, fold(m), select))  # noqa: E731
+            gc = lambda m: rule.gather(bk, node, m, select)  # noqa: E731
+            self.maps[name] = (gk(Lk), gc(Lc), gk(Uk) * decided[:, None], gc(Uc) * decided + (1 - decided) * upper)
         else:
             raise KeyError(f"no forward linear rule for op {node.op}")
-        self.maps[name] = (L, U)
-
-    def _add_const(self, m, const):
-        """Add ``const`` (broadcastable to ``(B, 1, *shape)``) to the constant column of ``m``."""
-        bk, n0 = self.bk, self.n0
-        return bk.concat([m[:, :n0], m[:, n0:] + const], axis=1)
 
     # ---- backward pass (CROWN) --------------------------------------------------------------------
     def backward(self, start: str, lam, depth: int | None = None, upper: bool = True):
@@ -171,13 +168,13 @@ class LinearEngine:
             rule = rule_for(node.op)
             if rule.affine:
                 shapes = [g[i].shape for i in node.inputs]
-                off = bk.reshape(self.offset(node.name), (1, 1, -1))
+                off = bk.reshape(self.offset(node.name), (-1,))
                 outs = []
                 for s, A in enumerate((AL, AU)):
                     if A is None:
                         outs.append([None] * len(node.inputs))
                         continue
-                    bias[s] = bias[s] + bk.sum(_flat(bk, A, 2) * off, axis=2)
+                    bias[s] = bias[s] + bk.einsum("bkn,n->bk", _flat(bk, A, 2), off)
                     adj = rule.adjoint(bk, node, bk.reshape(A, (B * K,) + tuple(node.shape)), shapes)
                     outs.append([bk.reshape(a, (B, K) + tuple(sh)) for a, sh in zip(adj, shapes)])
                 for i, name in enumerate(node.inputs):
@@ -193,9 +190,12 @@ class LinearEngine:
                         new.append(None)
                         continue
                     lo_a, lo_b, hi_a, hi_b = (aL, bL, aU, bU) if s == 0 else (aU, bU, aL, bL)
-                    Ap, An = bk.pos(A), bk.neg(A)
-                    bias[s] = bias[s] + bk.sum(_flat(bk, Ap * lo_b + An * hi_b, 2), axis=2)
-                    new.append(Ap * lo_a + An * hi_a)
+                    # pos(A) * lo + neg(A) * hi, for the intercepts (a sum) and the slopes
+                    Af = _flat(bk, A, 2)
+                    An = bk.neg(Af)
+                    bias[s] = (bias[s] + bk.einsum("bkn,bn->bk", Af, _flat(bk, lo_b[:, 0], 1))
+                               + bk.einsum("bkn,bn->bk", An, _flat(bk, (hi_b - lo_b)[:, 0], 1)))
+                    new.append(bk.line_backward(A, lo_a, hi_a))
                 self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1)
             elif node.op == "MaxPool":
                 select, decided, upper_c = self.relax[node.name]
@@ -247,18 +247,18 @@ class LinearEngine:
 
     def _substitute(self, name, AL, AU, coef, bias):
         """Replace ``node(name)`` by its forward maps (eq. 16)."""
-        bk, n0 = self.bk, self.n0
-        Lm, Um = self.maps[name]
-        Lf, Uf = _flat(bk, Lm, 2), _flat(bk, Um, 2)  # (B, n0+1, N)
+        bk, B, n0 = self.bk, self.B, self.n0
+        Lk, Lc, Uk, Uc = self.maps[name]
+        k_flat = lambda k: bk.reshape(k, (B, n0, -1))  # noqa: E731
+        c_flat = lambda c: bk.reshape(c, (B, -1))  # noqa: E731
         for s, A in enumerate((AL, AU)):
             if A is None:
                 continue
             Af = _flat(bk, A, 2)
             Ap, An = bk.pos(Af), bk.neg(Af)
-            first, second = (Lf, Uf) if s == 0 else (Uf, Lf)
-            full = bk.einsum("bkn,bin->bki", Ap, first) + bk.einsum("bkn,bin->bki", An, second)
-            self._add_coef(coef, s, full[:, :, :n0])
-            bias[s] = bias[s] + full[:, :, n0]
+            (fk, fc), (sk, sc) = ((Lk, Lc), (Uk, Uc)) if s == 0 else ((Uk, Uc), (Lk, Lc))
+            self._add_coef(coef, s, bk.einsum("bkn,bin->bki", Ap, k_flat(fk)) + bk.einsum("bkn,bin->bki", An, k_flat(sk)))
+            bias[s] = bias[s] + bk.einsum("bkn,bn->bk", Ap, c_flat(fc)) + bk.einsum("bkn,bn->bk", An, c_flat(sc))
 
 
 def bound_nodes(graph: Graph) -> list:

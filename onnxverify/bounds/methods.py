@@ -75,14 +75,15 @@ def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env,
 
     use_maps = kind in ("lbp", "relaxed")
     if use_maps:
-        need = B * (n0 + 1) * biggest * itemsize * 6
+        need = B * n0 * biggest * itemsize * 6
         if need > max_memory:
             raise MemoryLimitError(
-                f"{method}: forward linear maps need about {_gb(need)} ({B} x {n0 + 1} x {biggest} values, "
+                f"{method}: forward linear maps need about {_gb(need)} ({B} x {n0} x {biggest} values, "
                 f"with temporaries) but the memory limit is {_gb(max_memory)}; use crown-ibp or crown, "
                 "fewer images at once, or raise --max-memory")
         eng.input_maps()
     keep_maps = set(needs) if kind == "relaxed" else _output_cut_nodes(graph, needs, out_depth)
+    exact = exact_by_ibp(graph)
     consumers_left = {name: len(cs) for name, cs in graph.consumers().items()}
 
     for node in graph.nodes[1:]:
@@ -100,12 +101,30 @@ def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env,
             if use_maps:
                 eng.tighten(node.name, *eng.concretize_maps(node.name))
             # a monotone activation's output is as tight as its input's bounds allow: no backward pass
-            if kind in ("crown", "relaxed") and node.op not in NONLINEAR:
+            # ... and nodes that IBP already bounds exactly need none either
+            if kind in ("crown", "relaxed") and node.op not in NONLINEAR and node.name not in exact:
                 _backward_undecided(eng, node.name, v, max_memory, itemsize)
 
     out = graph[graph.output]
     lam = bk.reshape(bk.asarray(C, dtype=dtype), (B, C.shape[1]) + tuple(out.shape))
     return _chunked_backward(eng, graph.output, lam, out_depth, max_memory, itemsize)
+
+
+MIXING = {"Linear", "Conv", "AvgPool", "Add", "Sub"}
+
+
+def exact_by_ibp(graph) -> set:
+    """Nodes of the affine prefix that IBP bounds exactly for any input box (and the l_p
+    prefix bounds are exact by the dual norm): every path from the input crosses at most
+    one op that mixes coordinates (elementwise affine, reshape, transpose, pad, concat
+    map boxes to boxes exactly)."""
+    from ..affine_maps import affine_prefix
+
+    mixes = {graph.input.name: 0}
+    for name in affine_prefix(graph):
+        node = graph[name]
+        mixes[name] = max(mixes[i] for i in node.inputs) + (node.op in MIXING)
+    return {n for n, m in mixes.items() if m <= 1 and n != graph.input.name}
 
 
 def _output_cut_nodes(graph, needs, depth):
