@@ -12,11 +12,12 @@ from .ir import Graph, Node
 from .network import Network, load
 from .onnx_import import import_model
 from .spec import margin_spec
+from .status import LayerStatus, neuron_status, plot_status
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Box", "Bounds", "Graph", "InputError", "InputSet", "LinfBall", "LpBall", "METHODS", "MemoryLimitError",
+    "Box", "Bounds", "LayerStatus", "neuron_status", "plot_status", "Graph", "InputError", "InputSet", "LinfBall", "LpBall", "METHODS", "MemoryLimitError",
     "ModelError", "Network", "Node", "OnnxVerifyError", "STRATEGIES", "UnsupportedOpError", "compute_bounds",
     "get_backend", "import_model", "load", "make_input_set", "margin_spec",
 ]

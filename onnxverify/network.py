@@ -79,6 +79,12 @@ class Network:
             b.lower, b.upper = bk.to_numpy(b.lower), bk.to_numpy(b.upper)
         return b
 
+    def neuron_status(self, input_set, method="ibp", strategy=None, **kw):
+        """Per-layer neuron statuses; see :func:`onnxverify.status.neuron_status`."""
+        from .status import neuron_status
+
+        return neuron_status(self, input_set, method, strategy, **kw)
+
     def check(self, n_samples: int = 8, rtol: float = 1e-5, atol: float = 1e-5, seed: int = 0, low=-1.0, high=1.0) -> CheckReport:
         """Compare IR forward with onnxruntime on random inputs in ``[low, high]``."""
         from .reference import OrtModel

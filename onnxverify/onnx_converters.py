@@ -207,6 +207,8 @@ def _leaky(ctx, node, attrs, label):
 
 @converter("ParamRamp", domain="onnxverify")
 def _paramramp(ctx, node, attrs, label):
+    if len(node.input) != 2 or not node.input[1]:
+        _fail(label, "ParamRamp", f"expects 2 inputs (X, R), got {len(node.input)}")
     x, r = node.input[0], node.input[1]
     if not ctx.is_const(r):
         _fail(label, "ParamRamp", "R must be a constant (an initializer)")

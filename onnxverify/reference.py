@@ -5,6 +5,20 @@ import numpy as np
 import onnx
 
 
+def with_paramramp_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with the ParamRamp function body attached when the model uses the op but a
+    tool pass dropped the function (stock onnxruntime needs the body); else ``model``."""
+    from .converters.paramramp_onnx import DOMAIN, OP_TYPE, attach_paramramp_function
+
+    uses = any(n.domain == DOMAIN and n.op_type == OP_TYPE for n in model.graph.node)
+    has = any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions)
+    if not uses or has:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return attach_paramramp_function(copy)
+
+
 class OrtModel:
     """An onnxruntime CPU session over one ONNX model, run on ``(batch, *sample)`` arrays.
 
@@ -15,6 +29,7 @@ class OrtModel:
         import onnxruntime as ort
 
         model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path))
+        model = with_paramramp_function(model)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1

@@ -16,12 +16,14 @@ STRATEGIES = ("constant", "tight", "adaptive")
 GAP = 1e-6  # guard for u - l in chord slopes
 
 
-def _chord(bk, f, l, u):
-    """Line through (l, f(l)) and (u, f(u)); the intercept is taken through the upper
-    point so that it stays valid when u ~ l."""
+def _chord(bk, f, l, u, anchor: str = "upper"):
+    """Line through (l, f(l)) and (u, f(u)). The slope's denominator is guarded by GAP, so
+    the intercept is taken through the ``anchor`` point: the upper point for an upper line,
+    the lower point for a lower line. Then the line stays on the correct side of f even
+    when u - l < GAP."""
     fl, fu = f(l), f(u)
     slope = (fu - fl) / bk.maximum(u - l, GAP)
-    return slope, fu - slope * u
+    return slope, (fu - slope * u) if anchor == "upper" else (fl - slope * l)
 
 
 def _constant_lines(bk, f, l, u):
@@ -36,7 +38,8 @@ def leaky_relu_lines(bk, l, u, eta: float, strategy: str):
         return _constant_lines(bk, f, l, u)
     one = l * 0 + 1.0
     zero = l * 0
-    alive, dead = l >= 0, u <= 0
+    dead = u <= 0
+    alive = (l >= 0) & ~dead
     unstable = ~(alive | dead)
     cs, cb = _chord(bk, f, l, u)
     aU = bk.where(alive, one, bk.where(dead, one * eta, cs))
@@ -59,20 +62,22 @@ def paramramp_lines(bk, l, u, r, eta: float, strategy: str):
     if strategy == "constant":
         return _constant_lines(bk, f, l, u)
     one, zero = l * 0 + 1.0, l * 0
+    # exclusive statuses (a degenerate interval at 0 or at r is dead, not alive)
     left_dead = u <= 0
-    right_dead = l >= r
-    alive = (l >= 0) & (u <= r)
+    right_dead = (l >= r) & ~left_dead
+    alive = (l >= 0) & (u <= r) & ~left_dead & ~right_dead
     left_unstable = (l < 0) & (u > 0) & (u <= r)
     right_unstable = (l >= 0) & (l < r) & (u > r)
     unstable = (l < 0) & (u > r)
-    cs, cb = _chord(bk, f, l, u)
+    cs, cb = _chord(bk, f, l, u)  # as an upper line
+    _, cb_low = _chord(bk, f, l, u, anchor="lower")  # the same chord as a lower line
     eta1 = one * eta
     bb = zero + b
     if strategy == "tight":
         aU = bk.where(left_dead, eta1, bk.where(left_unstable, cs, bk.where(alive, one, eta1)))
         bU = bk.where(left_dead, zero, bk.where(left_unstable, cb, bk.where(alive, zero, bb)))
         aL = bk.where(right_unstable, cs, bk.where(alive, one, eta1))
-        bL = bk.where(right_unstable, cb, bk.where(right_dead, bb, zero))
+        bL = bk.where(right_unstable, cb_low, bk.where(right_dead, bb, zero))
         return aL, bL, aU, bU
     if strategy != "adaptive":
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -89,7 +94,7 @@ def paramramp_lines(bk, l, u, r, eta: float, strategy: str):
     s_0u = f(u) / bk.maximum(u, GAP)  # through (0, 0) and (u, f(u))
     aL = bk.where(left_dead, eta1, bk.where(left_unstable, bk.where(big_left, one, eta1), bk.where(alive, one,
                   bk.where(right_dead, eta1, bk.where(right_unstable, cs, bk.where(big_left, s_0u, eta1))))))
-    bL = bk.where(right_dead, bb, bk.where(right_unstable, cb, zero))
+    bL = bk.where(right_dead, bb, bk.where(right_unstable, cb_low, zero))
     return aL, bL, aU, bU
 
 

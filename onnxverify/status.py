@@ -1,0 +1,299 @@
+"""Neuron statuses: which pieces of its activation each neuron can reach (PAPER_NOTES.md §1).
+
+A neuron's status follows from its pre-activation bounds ``[l, u]`` over an input set:
+
+* ReLU family (``Relu``, ``LeakyRelu``): dead ``u <= 0``, alive ``l >= 0``, unstable
+  ``l < 0 < u``.
+* ParamRamp (bend point ``r`` per neuron, clamped to ``>= 1e-4``): left dead ``u <= 0``,
+  left unstable ``l < 0 < u <= r``, alive ``0 <= l, u <= r``, right unstable
+  ``0 <= l < r < u``, right dead ``l >= r``, unstable ``l < 0, u > r``.
+
+Where two definitions meet (``l = u = 0``, ``l = u = r``) the dead statuses win, so every
+neuron gets exactly one status.
+
+:func:`neuron_status` counts them per activation layer from the pre-activation bounds a
+bound method produces: ``ibp`` and ``crown-ibp`` use IBP's intermediate bounds, ``lbp`` and
+``crown-lbp`` LBP's, ``crown`` and ``relaxed-crown-V`` their backward passes (the output pass
+of a method does not change any activation's input bounds). :func:`plot_status` draws the
+paper's Figures 4/6: one stacked bar of status percentages per layer.
+
+>>> st = neuron_status(net, LinfBall(x0, 2 / 255, clip=(0, 1)), method="crown-lbp", strategy="tight")
+>>> print(format_status_table(st)); plot_status(st, "status.png")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import get_backend
+from .errors import InputError
+from .input_sets import InputSet
+from .ir import Graph
+
+RELU_FAMILY = ("Relu", "LeakyRelu")
+STATUS_OPS = RELU_FAMILY + ("ParamRamp",)
+
+RELU_STATUSES = ("dead", "unstable", "alive")
+PARAMRAMP_STATUSES = ("left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
+#: every status in table/plot order (left to right, bottom to top)
+ALL_STATUSES = ("dead", "left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
+
+#: colours of the stacked bars (dead: greys/blues, alive: green, unstable: warm)
+STATUS_COLORS = {
+    "dead": "#595959", "left dead": "#9a9a9a", "left unstable": "#ff9f40", "alive": "#2ca02c",
+    "right unstable": "#9ecae1", "right dead": "#1f77b4", "unstable": "#d62728",
+}
+
+R_MIN = 1e-4  # ParamRamp's clamp of r (same as the op's forward pass)
+
+
+# ---- classification of one layer ---------------------------------------------------------------
+def relu_status(l, u) -> np.ndarray:
+    """Status codes (indices into :data:`RELU_STATUSES`) for bounds ``l, u`` (any equal shapes)."""
+    l, u = np.asarray(l), np.asarray(u)
+    dead, alive = u <= 0, (l >= 0) & (u > 0)
+    return np.select([dead, alive], [0, 2], default=1).astype(np.int8)
+
+
+def paramramp_status(l, u, r) -> np.ndarray:
+    """Status codes (indices into :data:`PARAMRAMP_STATUSES`); ``r`` broadcasts against ``l``
+    and is clamped to ``>= 1e-4`` like in the op."""
+    l, u = np.asarray(l), np.asarray(u)
+    r = np.maximum(np.asarray(r, dtype=np.float64), R_MIN)
+    left_dead = u <= 0
+    right_dead = (l >= r) & ~left_dead
+    rest = ~(left_dead | right_dead)  # here u > 0 and l < r
+    left_unstable = rest & (l < 0) & (u <= r)
+    alive = rest & (l >= 0) & (u <= r)
+    right_unstable = rest & (l >= 0) & (u > r)
+    conds = [left_dead, left_unstable, alive, right_unstable, right_dead]
+    return np.select(conds, [0, 1, 2, 3, 4], default=5).astype(np.int8)
+
+
+@dataclass
+class LayerStatus:
+    """Neuron statuses of one activation layer over a batch of input sets.
+
+    ``counts[s]`` sums status ``s`` over all ``batch * size`` neurons (``size`` per sample);
+    ``codes`` is ``(batch, *shape)``: indices into ``statuses`` per neuron.
+    """
+
+    index: int  # 1-based position among the graph's activation layers
+    name: str  # the activation node
+    op: str  # Relu / LeakyRelu / ParamRamp
+    input: str  # its pre-activation node
+    statuses: tuple  # RELU_STATUSES or PARAMRAMP_STATUSES
+    counts: dict
+    size: int
+    batch: int
+    method: str = "ibp"
+    strategy: str | None = None
+    codes: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def total(self) -> int:
+        return self.size * self.batch
+
+    @property
+    def fractions(self) -> dict:
+        """Status -> fraction of the layer's neurons (averaged over the batch)."""
+        return {s: c / max(self.total, 1) for s, c in self.counts.items()}
+
+    @property
+    def unstable(self) -> int:
+        """Neurons whose activation is not linear on ``[l, u]`` (every unstable kind)."""
+        return sum(c for s, c in self.counts.items() if "unstable" in s)
+
+    def per_sample(self) -> np.ndarray:
+        """``(batch, len(statuses))`` counts per sample."""
+        flat = self.codes.reshape(self.batch, -1)
+        return np.stack([(flat == k).sum(axis=1) for k in range(len(self.statuses))], axis=1)
+
+
+# ---- pre-activation bounds of a method ---------------------------------------------------------
+def _status_layers(graph: Graph) -> list:
+    return [n for n in graph.nodes if n.op in STATUS_OPS]
+
+
+def preactivation_bounds(graph: Graph, input_set: InputSet, method: str = "ibp", strategy: str | None = None,
+                         backend=None, dtype=np.float32, max_memory: int | None = None) -> dict:
+    """``{node name: (lower, upper)}`` (backend arrays ``(batch, *shape)``) of every node that
+    feeds a nonlinear node, as ``method`` computes them on the way to its output bounds.
+
+    Replicates the intermediate-bound loop of
+    :func:`onnxverify.bounds.methods.run_linear_method` without its output pass.
+    """
+    from .bounds import DEFAULT_STRATEGY, STRATEGIES
+    from .bounds.ibp import interval_bounds
+    from .bounds.linear import bound_nodes
+
+    method = method.lower()
+    bk = get_backend(backend)
+    iset = input_set.batched(graph.input_shape)
+    env = interval_bounds(bk, graph, iset, dtype)
+    needs = bound_nodes(graph)
+    if method == "ibp":
+        return {n: env[n] for n in needs}
+    strategy = strategy or DEFAULT_STRATEGY
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    return _linear_preactivation_bounds(graph, iset, method, strategy, bk, dtype, env, needs, max_memory)
+
+
+def _linear_preactivation_bounds(graph, iset, method, strategy, bk, dtype, env, needs, max_memory):
+    from .bounds.linear import NONLINEAR, LinearEngine
+    from .bounds.methods import _backward_undecided, _itemsize, default_max_memory, parse_method
+    from .errors import MemoryLimitError
+    from .ops import rule_for
+
+    kind, _, v = parse_method(method)
+    if not needs:
+        return {}
+    max_memory = max_memory or default_max_memory()
+    itemsize = _itemsize(dtype)
+    eng = LinearEngine(graph, iset, bk, dtype, strategy, env)
+    use_maps = kind in ("lbp", "relaxed")
+    if use_maps:
+        need = eng.B * (eng.n0 + 1) * max(n.size for n in graph.nodes) * itemsize * 6
+        if need > max_memory:
+            raise MemoryLimitError(f"{method}: forward linear maps need about {need / 2**30:.2f} GB but the memory "
+                                   f"limit is {max_memory / 2**30:.2f} GB; use ibp, crown-ibp or crown")
+        eng.input_maps()
+    keep_maps = set(needs) if kind == "relaxed" else set()
+    need_set = set(needs)
+    last = max(k for k, n in enumerate(graph.nodes) if n.name in need_set)
+    consumers_left = {name: len(cs) for name, cs in graph.consumers().items()}
+    for node in graph.nodes[1:last + 1]:
+        if node.op in NONLINEAR:
+            eng.relax_node(node.name)
+        if use_maps:
+            eng.forward_maps(node.name)
+            for i in node.inputs:
+                consumers_left[i] -= 1
+                if consumers_left[i] == 0 and i not in keep_maps:
+                    eng.maps.pop(i, None)
+        if node.name in need_set:
+            eng.tighten(node.name, *rule_for(node.op).ibp(bk, node, *[eng.best(i) for i in node.inputs]))
+            if use_maps:
+                eng.tighten(node.name, *eng.concretize_maps(node.name))
+            if kind in ("crown", "relaxed") and node.op not in NONLINEAR:
+                _backward_undecided(eng, node.name, v, max_memory, itemsize)
+    return {n: eng.best(n) for n in needs}
+
+
+# ---- the public entry point ---------------------------------------------------------------------
+def neuron_status(network_or_graph, input_set: InputSet, method: str = "ibp", strategy: str | None = None,
+                  backend=None, dtype=np.float32, max_memory: int | None = None) -> list:
+    """Per-layer neuron statuses (list of :class:`LayerStatus`, in graph order) of every
+    ReLU / LeakyReLU / ParamRamp layer, from the pre-activation bounds of ``method``
+    (``ibp``, ``lbp``, ``crown-ibp``, ``crown-lbp``, ``crown``, ``relaxed-crown-V``) with
+    bounding-line ``strategy`` (linear methods; default ``adaptive``).
+
+    Other activations (Sigmoid, Tanh) and MaxPool have no statuses and are skipped.
+    """
+    from .bounds import DEFAULT_STRATEGY
+    from .bounds.methods import parse_method
+
+    graph = getattr(network_or_graph, "graph", network_or_graph)
+    if not isinstance(graph, Graph):
+        raise TypeError(f"expected a Network or Graph, got {type(network_or_graph).__name__}")
+    method = method.lower()
+    if method != "ibp":
+        parse_method(method)
+    bounds = preactivation_bounds(graph, input_set, method, strategy, backend, dtype, max_memory)
+    bk = get_backend(backend)
+    out = []
+    for k, node in enumerate(_status_layers(graph), 1):
+        lo, hi = (np.asarray(bk.to_numpy(a), dtype=np.float64) for a in bounds[node.inputs[0]])
+        if node.op == "ParamRamp":
+            r = node.params["r"]
+            r = np.asarray(r.detach().cpu().numpy() if hasattr(r, "detach") else r, dtype=np.float64)
+            codes, names = paramramp_status(lo, hi, r), PARAMRAMP_STATUSES
+        else:
+            codes, names = relu_status(lo, hi), RELU_STATUSES
+        counts = {s: int((codes == i).sum()) for i, s in enumerate(names)}
+        out.append(LayerStatus(k, node.name, node.op, node.inputs[0], names, counts, node.size, lo.shape[0],
+                               method, None if method == "ibp" else (strategy or DEFAULT_STRATEGY), codes))
+    return out
+
+
+# ---- presentation ------------------------------------------------------------------------------------
+def _columns(statuses) -> list:
+    present = {s for st in statuses for s in st.statuses}
+    return [s for s in ALL_STATUSES if s in present]
+
+
+def format_status_table(statuses, percent: bool = True) -> str:
+    """A text table: one row per layer, one column per status (``-`` where a status does not
+    apply to the layer's activation). Percentages average over the batch."""
+    cols = _columns(statuses)
+    rows = []
+    for st in statuses:
+        cells = []
+        for s in cols:
+            if s not in st.counts:
+                cells.append("-")
+            elif percent:
+                cells.append(f"{st.counts[s]} ({100 * st.fractions[s]:.1f}%)")
+            else:
+                cells.append(str(st.counts[s]))
+        rows.append([st.index, st.name[:24], st.op, st.size] + cells)
+    return _table(["layer", "node", "op", "neurons"] + cols, rows)
+
+
+def _table(headers, rows) -> str:
+    widths = [max([len(str(h))] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(str(h).rjust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def plot_status(statuses, path, title: str | None = None):
+    """Stacked bar chart of status percentages per layer (the paper's Figures 4 and 6).
+
+    ``statuses``: a list of :class:`LayerStatus`, or a dict ``{label: list}`` for one panel
+    per label side by side (e.g. ReLU vs ParamRamp, or one per method). Writes ``path``
+    (format from its extension) and returns it. Needs matplotlib.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plot_status needs matplotlib: pip install matplotlib") from None
+    panels = statuses if isinstance(statuses, dict) else {None: statuses}
+    if not panels or not any(len(v) for v in panels.values()):
+        raise InputError("nothing to plot: the network has no ReLU/LeakyReLU/ParamRamp layers")
+    cols = _columns([s for v in panels.values() for s in v])
+    fig = Figure(figsize=(max(4.0, 1.2 + 0.55 * max(len(v) for v in panels.values())) * len(panels), 3.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (label, sts) in zip(axes, panels.items()):
+        x = np.arange(1, len(sts) + 1)
+        bottom = np.zeros(len(sts))
+        for s in cols:
+            h = np.array([100 * st.fractions.get(s, 0.0) for st in sts])
+            if h.any():
+                ax.bar(x, h, bottom=bottom, color=STATUS_COLORS[s], label=s, width=0.7, edgecolor="white",
+                       linewidth=0.4)
+            bottom += h
+        ax.set_xticks(x)
+        ax.set_xlabel("layer")
+        ax.set_ylim(0, 100)
+        sub = label if label is not None else (
+            f"{sts[0].method}{' / ' + sts[0].strategy if sts and sts[0].strategy else ''}" if sts else "")
+        if sub:
+            ax.set_title(str(sub), fontsize=10)
+    axes[0].set_ylabel("neurons (%)")
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+    labels = [s for s in cols if s in handles]
+    fig.legend([handles[s] for s in labels], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
