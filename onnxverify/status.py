@@ -121,8 +121,8 @@ def preactivation_bounds(graph: Graph, input_set: InputSet, method: str = "ibp",
     """``{node name: (lower, upper)}`` (backend arrays ``(batch, *shape)``) of every node that
     feeds a nonlinear node, as ``method`` computes them on the way to its output bounds.
 
-    Replicates the intermediate-bound loop of
-    :func:`onnxverify.bounds.methods.run_linear_method` without its output pass.
+    Uses :func:`onnxverify.bounds.methods.intermediate_bounds` (the method without its
+    output pass).
     """
     from .bounds import DEFAULT_STRATEGY, STRATEGIES
     from .bounds.ibp import interval_bounds
@@ -142,47 +142,14 @@ def preactivation_bounds(graph: Graph, input_set: InputSet, method: str = "ibp",
 
 
 def _linear_preactivation_bounds(graph, iset, method, strategy, bk, dtype, env, needs, max_memory):
-    from .bounds.linear import NONLINEAR, LinearEngine
-    from .bounds.methods import _backward_undecided, _itemsize, default_max_memory, parse_method
-    from .errors import MemoryLimitError
-    from .ops import rule_for
+    from .bounds.methods import intermediate_bounds
 
-    kind, _, v = parse_method(method)
     if not needs:
         return {}
-    max_memory = max_memory or default_max_memory()
-    itemsize = _itemsize(dtype)
-    eng = LinearEngine(graph, iset, bk, dtype, strategy, env)
-    use_maps = kind in ("lbp", "relaxed")
-    if use_maps:
-        need = eng.B * (eng.n0 + 1) * max(n.size for n in graph.nodes) * itemsize * 6
-        if need > max_memory:
-            raise MemoryLimitError(f"{method}: forward linear maps need about {need / 2**30:.2f} GB but the memory "
-                                   f"limit is {max_memory / 2**30:.2f} GB; use ibp, crown-ibp or crown")
-        eng.input_maps()
-    keep_maps = set(needs) if kind == "relaxed" else set()
-    need_set = set(needs)
-    last = max(k for k, n in enumerate(graph.nodes) if n.name in need_set)
-    consumers_left = {name: len(cs) for name, cs in graph.consumers().items()}
-    for node in graph.nodes[1:last + 1]:
-        if node.op in NONLINEAR:
-            eng.relax_node(node.name)
-        if use_maps:
-            eng.forward_maps(node.name)
-            for i in node.inputs:
-                consumers_left[i] -= 1
-                if consumers_left[i] == 0 and i not in keep_maps:
-                    eng.maps.pop(i, None)
-        if node.name in need_set:
-            eng.tighten(node.name, *rule_for(node.op).ibp(bk, node, *[eng.best(i) for i in node.inputs]))
-            if use_maps:
-                eng.tighten(node.name, *eng.concretize_maps(node.name))
-            if kind in ("crown", "relaxed") and node.op not in NONLINEAR:
-                _backward_undecided(eng, node.name, v, max_memory, itemsize)
+    eng = intermediate_bounds(graph, iset, method, strategy, bk, dtype, env, max_memory, stop_after=needs[-1])
     return {n: eng.best(n) for n in needs}
 
 
-# ---- the public entry point ---------------------------------------------------------------------
 def neuron_status(network_or_graph, input_set: InputSet, method: str = "ibp", strategy: str | None = None,
                   backend=None, dtype=np.float32, max_memory: int | None = None) -> list:
     """Per-layer neuron statuses (list of :class:`LayerStatus`, in graph order) of every

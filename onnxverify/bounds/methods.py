@@ -63,19 +63,22 @@ def _gb(x):
     return f"{x / 2**30:.2f} GB"
 
 
-def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env, max_memory=None):
-    """Output bounds ``(B, K)`` of ``C @ y`` (C ``(B, K, n_out)``) by a linear method."""
+def intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, max_memory=None,
+                        stop_after: str | None = None) -> LinearEngine:
+    """The engine after the intermediate-bound phase of ``method``: ``eng.best(name)``
+    holds the bounds of every node that feeds a nonlinear node (``eng.relax`` their lines).
+    ``stop_after``: stop once this node is done (the output pass is then not possible)."""
     kind, out_depth, v = parse_method(method)
     max_memory = max_memory or default_max_memory()
     eng = LinearEngine(graph, input_set, bk, dtype, strategy, ibp_env)
-    itemsize = _itemsize(dtype)
+    eng.max_memory, eng.itemsize, eng.out_depth = max_memory, _itemsize(dtype), out_depth
     B, n0 = eng.B, eng.n0
     biggest = max(n.size for n in graph.nodes)
     needs = set(bound_nodes(graph))
 
     use_maps = kind in ("lbp", "relaxed")
     if use_maps:
-        need = B * n0 * biggest * itemsize * 6
+        need = B * n0 * biggest * eng.itemsize * 6
         if need > max_memory:
             raise MemoryLimitError(
                 f"{method}: forward linear maps need about {_gb(need)} ({B} x {n0} x {biggest} values, "
@@ -100,14 +103,21 @@ def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env,
             eng.tighten(node.name, *rule_for(node.op).ibp(bk, node, *[eng.best(i) for i in node.inputs]))
             if use_maps:
                 eng.tighten(node.name, *eng.concretize_maps(node.name))
-            # a monotone activation's output is as tight as its input's bounds allow: no backward pass
-            # ... and nodes that IBP already bounds exactly need none either
+            # a monotone activation's output is as tight as its input's bounds allow, and IBP
+            # bounds some prefix nodes exactly: neither needs backward passes
             if kind in ("crown", "relaxed") and node.op not in NONLINEAR and node.name not in exact:
-                _backward_undecided(eng, node.name, v, max_memory, itemsize)
+                _backward_undecided(eng, node.name, v, max_memory, eng.itemsize)
+        if node.name == stop_after:
+            break
+    return eng
 
+
+def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env, max_memory=None):
+    """Output bounds ``(B, K)`` of ``C @ y`` (C ``(B, K, n_out)``) by a linear method."""
+    eng = intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, max_memory)
     out = graph[graph.output]
-    lam = bk.reshape(bk.asarray(C, dtype=dtype), (B, C.shape[1]) + tuple(out.shape))
-    return _chunked_backward(eng, graph.output, lam, out_depth, max_memory, itemsize)
+    lam = bk.reshape(bk.asarray(C, dtype=dtype), (eng.B, C.shape[1]) + tuple(out.shape))
+    return _chunked_backward(eng, graph.output, lam, eng.out_depth, eng.max_memory, eng.itemsize)
 
 
 MIXING = {"Linear", "Conv", "AvgPool", "Add", "Sub"}
