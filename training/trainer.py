@@ -1,0 +1,396 @@
+"""The certified-training loop: ONNX in, trained + checked ONNX and a model card out.
+
+:func:`train` takes an ONNX model (path or ``ModelProto``), a :class:`~.config.TrainConfig`
+and an output path, and
+
+1. converts the model (:class:`~.tied.TrainableNetwork`: onnx2torch + the verifier's IR with
+   tied parameters);
+2. trains with Adam: per batch the eps, kappa, beta and eta schedules (epoch position
+   ``t = epoch + batch / batches``), the IBP or CROWN-IBP loss, the warm-up regularisers
+   during the eps ramp (when ``reg_lambda > 0``), gradient clipping, and ParamRamp's ``r``
+   initialised from mean activations when eps starts (LeakyReLU before), with optional noise;
+   lr milestones per epoch;
+3. per epoch: a JSONL log line (losses, eps, kappa, beta, eta, lr, train clean / IBP verified
+   error, test clean / IBP verified error at ``eps_eval``, time) and a checkpoint
+   (``<workdir>/checkpoint.pt``: model, optimiser, RNG, schedule state); ``resume=True``
+   continues from it after an interruption;
+4. exports the model at the final eta (:func:`~.export.export_trained`), evaluates the
+   *exported file* (:func:`~.evaluate.evaluate_onnx`: clean, PGD, IBP and CROWN-LBP verified
+   error at every test eps) and writes the model card beside it.
+
+The workdir defaults to ``<output without suffix>.train/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import onnx
+import torch
+
+from .config import TrainConfig
+from .data import Dataset, load_dataset, subset
+from .schedules import beta_schedule, kappa
+from .tied import TrainableNetwork, available_methods
+
+__all__ = ["TrainResult", "train", "prepare_dataset", "load_onnx", "check_compatible", "default_workdir"]
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """``net``: the trained network; ``history``: the per-epoch log records; ``output``: the
+    exported file (None if not exported); ``evaluation``: ``{eps: evaluate_onnx result}``;
+    ``card``: the model card dict; ``export_check``: the export check report."""
+
+    net: TrainableNetwork
+    history: List[Dict]
+    config: TrainConfig
+    output: Optional[Path] = None
+    evaluation: Dict = field(default_factory=dict)
+    card: Dict = field(default_factory=dict)
+    export_check: Dict = field(default_factory=dict)
+    workdir: Optional[Path] = None
+
+
+def default_workdir(output) -> Path:
+    p = Path(output)
+    return p.with_name(p.stem + ".train")
+
+
+def load_onnx(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    from onnxverify.onnx_import import load_model
+
+    return load_model(model)
+
+
+def prepare_dataset(config: TrainConfig, dataset: Optional[Dataset] = None) -> Dataset:
+    """The data set of ``config`` (or ``dataset``), subset to ``n_train``/``n_test``, with the
+    recipe's augmentation flag applied when the recipe asks for it."""
+    ds = dataset if dataset is not None else load_dataset(config.data)
+    if config.n_train is not None or config.n_test is not None:
+        ds = subset(ds, config.n_train, config.n_test, seed=config.seed)
+    if config.recipe.augment and not ds.augment:
+        import dataclasses
+
+        ds = dataclasses.replace(ds, augment=True)
+    return ds
+
+
+def check_compatible(net: TrainableNetwork, ds: Dataset) -> None:
+    if tuple(net.input_shape) != tuple(ds.input_shape):
+        c, h, w = ds.input_shape
+        raise ValueError(f"the model expects inputs of shape {tuple(net.input_shape)} but data set {ds.name} has "
+                         f"{tuple(ds.input_shape)} (build the model with --input-shape {c},{h},{w})")
+    if net.num_classes < ds.num_classes:
+        raise ValueError(f"the model has {net.num_classes} outputs but data set {ds.name} has {ds.num_classes} "
+                         f"classes (build it with --classes {ds.num_classes})")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class _Meter:
+    def __init__(self):
+        self.sums: Dict[str, float] = {}
+        self.counts: Dict[str, int] = {}
+
+    def add(self, key: str, value: float, n: int = 1) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(value) * n
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def mean(self, key: str) -> Optional[float]:
+        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+
+
+def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = False,
+          dataset: Optional[Dataset] = None, echo: Optional[Callable[[str], None]] = print,
+          evaluate: bool = True) -> TrainResult:
+    """Train ``model`` (ONNX path or ``ModelProto``) with ``config``; see the module docstring.
+
+    ``output``: where to export the trained ONNX model (None: no export, no evaluation, and
+    no checkpoints unless ``workdir`` is given).  ``echo``: receives one summary line per
+    epoch (None: silent).  ``evaluate``: evaluate the exported file (clean/PGD/verified).
+    """
+    rec = config.recipe
+    if rec.method not in ("ibp", "crown-ibp"):
+        raise ValueError(f"method must be 'ibp' or 'crown-ibp', got {rec.method!r}")
+    if rec.method == "crown-ibp" and "crown-ibp" not in available_methods():
+        raise ValueError("method 'crown-ibp' is not available in this onnxverify (bound methods: "
+                         f"{', '.join(available_methods())}); use --method ibp")
+    say = echo or (lambda s: None)
+    from .evaluate import parse_method
+
+    for m in config.verify_methods:
+        parse_method(m)  # a typo fails now, not after training
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} requested but torch sees no CUDA device")
+    workdir = Path(workdir) if workdir is not None else (default_workdir(output) if output is not None else None)
+    ckpt_path = workdir / CHECKPOINT if workdir is not None else None
+    log_path = workdir / LOG if workdir is not None else None
+
+    ds = prepare_dataset(config, dataset)
+    proto = load_onnx(model)
+    state = None
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location=config.device, weights_only=False)
+        proto = onnx.load_model_from_string(state["model_onnx"])
+        if state.get("config") != config.to_dict():
+            say("note: the configuration differs from the checkpoint's; continuing with the new one")
+
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+    net = TrainableNetwork(proto, device=config.device)
+    check_compatible(net, ds)
+    if config.reinit != "keep" and state is None:
+        from .init import default_init_, ibp_init_
+
+        (ibp_init_ if config.reinit == "ibp" else default_init_)(net.module, generator=gen)
+    params = list(net.parameters())
+    if rec.optimizer.lower() != "adam":
+        raise ValueError(f"optimizer {rec.optimizer!r} is not supported (adam)")
+    opt = torch.optim.Adam(params, lr=rec.lr, weight_decay=rec.weight_decay)
+
+    from .init import r_noise
+    from .losses import certified_loss
+
+    eps_s, eta_s, lr_s = rec.eps_schedule(), rec.eta_schedule(), rec.lr_schedule()
+    history: List[Dict] = []
+    start_epoch, r_ready = 0, not (net.has_paramramp and config.r_init == "mean")
+    if state is not None:
+        net.module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["generator"])
+        start_epoch, r_ready, history = state["epoch"], state["r_ready"], list(state["history"])
+        say(f"resuming from {ckpt_path} after epoch {start_epoch}")
+    elif not r_ready:
+        from .init import paramramp_linear_mode_
+
+        paramramp_linear_mode_(net)  # LeakyReLU(eta) until eps starts
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        with open(log_path, "w") as f:  # rewrite: drops lines of epochs after the checkpoint
+            for h in history:
+                f.write(json.dumps(h) + "\n")
+    if rec.dataset and rec.dataset != ds.name:
+        say(f"note: recipe {rec.name!r} is meant for {rec.dataset}; training on {ds.name}")
+    if eps_s.end_epoch > rec.epochs:
+        say(f"note: eps reaches {rec.eps_train} only at epoch {eps_s.end_epoch:g}, after the last epoch ({rec.epochs})")
+
+    nb = max(1, math.ceil(ds.x_train.shape[0] / rec.batch_size))
+    low, high = (torch.from_numpy(a).to(net.device) for a in ds.normalized_range())
+    eps_scale = torch.from_numpy(ds.eps_normalized(1.0)).to(net.device)  # (C,1,1): eps / std
+    try:
+        for epoch in range(start_epoch, rec.epochs):
+            lr = lr_s.value(epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            meter = _Meter()
+            rng = np.random.default_rng([config.seed, epoch])
+            t_epoch = time.perf_counter()
+            bar = _progress(config.progress, nb, f"epoch {epoch + 1}/{rec.epochs}")
+            net.train()
+            for i, (xb, yb) in enumerate(ds.train_batches(rec.batch_size, rng=rng)):
+                t = epoch + i / nb
+                eps_t = eps_s.value(t)
+                k = kappa(eps_t, rec.eps_train, rec.kappa_end)
+                beta = beta_schedule(eps_t, rec.eps_train, rec.beta_end) if rec.method == "crown-ibp" else 0.0
+                eta = eta_s.value(t)
+                net.set_eta(eta)
+                if not r_ready and eps_t > 0:
+                    means = _init_r(net, ds, config)
+                    r_ready = True
+                    say(f"epoch {epoch + 1}: ParamRamp r initialised from mean activations (layer means "
+                        + ", ".join(f"{m:.3g}" for m in means) + ")")
+                    net.train()
+                x = torch.from_numpy(ds.normalize(xb)).to(net.device)
+                y = torch.from_numpy(yb).to(net.device)
+                lower = torch.maximum(x - eps_t * eps_scale, low)
+                upper = torch.minimum(x + eps_t * eps_scale, high)
+                reg_w = rec.reg_lambda * (1.0 - eps_t / rec.eps_train) if (
+                    rec.reg_lambda > 0 and eps_t > 0 and eps_s.in_ramp(t)) else 0.0
+                with r_noise(net, config.r_noise if eps_t > 0 else 0.0, gen):
+                    terms = certified_loss(net, x, y, lower, upper, eps=eps_t, kappa=k, method=rec.method, beta=beta,
+                                           crown_strategy=config.crown_strategy, reg_weight=reg_w, reg_tau=rec.reg_tau)
+                    loss_value = float(terms.loss.detach())
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, batch {i + 1} "
+                                                 "(lower the learning rate or slow down the eps ramp)")
+                    opt.zero_grad(set_to_none=True)
+                    terms.loss.backward()
+                if rec.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, rec.grad_clip)
+                opt.step()
+                bsz = x.shape[0]
+                meter.add("loss", loss_value, bsz)
+                meter.add("loss_clean", float(terms.clean.detach()), bsz)
+                meter.add("train_clean_err", float((terms.logits.argmax(1) != y).float().mean()), bsz)
+                if terms.robust is not None:
+                    meter.add("loss_robust", float(terms.robust.detach()), bsz)
+                    meter.add("train_ibp_verified_err" if rec.method == "ibp" else "train_verified_err",
+                              float(1.0 - (terms.margin_lower > 0).all(dim=1).float().mean()), bsz)
+                if terms.reg is not None:
+                    meter.add("loss_reg", float(terms.reg.detach()), bsz)
+                    for key, v in terms.info.items():
+                        meter.add(key, v, bsz)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", eps=f"{eps_t:.3g}", refresh=False)
+            bar.close()
+            train_time = time.perf_counter() - t_epoch
+            record = {"epoch": epoch + 1, "lr": lr, "eps": eps_t, "kappa": k, "beta": beta,
+                      "eta": eta, "r_initialised": bool(r_ready)}
+            for key in ("loss", "loss_clean", "loss_robust", "loss_reg", "reg_tightness", "reg_relu",
+                        "train_clean_err", "train_ibp_verified_err", "train_verified_err"):
+                v = meter.mean(key)
+                if v is not None:
+                    record[key] = v
+            record["time_s"] = train_time
+            if config.eval_samples != 0:
+                from .evaluate import evaluate_tied
+
+                t0 = time.perf_counter()
+                ev = evaluate_tied(net, ds, config.eps_eval, n_test=config.eval_samples,
+                                   batch_size=config.eval_batch_size, seed=config.seed)
+                record.update({"eps_eval": config.eps_eval, "test_clean_err": ev["clean_err"],
+                               "test_ibp_verified_err": ev["ibp_err"], "eval_time_s": time.perf_counter() - t0})
+            history.append(record)
+            say(_summary(record, rec.epochs))
+            if log_path is not None:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if ckpt_path is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == rec.epochs):
+                _atomic_save({"version": 1, "epoch": epoch + 1, "module": net.module.state_dict(),
+                              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                              "generator": gen.get_state(), "r_ready": r_ready, "history": history,
+                              "config": config.to_dict(), "model_onnx": proto.SerializeToString()}, ckpt_path)
+    except KeyboardInterrupt:
+        where = f"; resume with --resume (checkpoint {ckpt_path})" if ckpt_path is not None else ""
+        say(f"interrupted after {len(history)} epoch(s){where}")
+        raise
+
+    final_eta = eta_s.value(float(rec.epochs))
+    net.set_eta(final_eta)
+    result = TrainResult(net=net, history=history, config=config, workdir=workdir)
+    if output is not None:
+        _finish(result, proto, ds, Path(output), evaluate, say)
+    return result
+
+
+def _init_r(net, ds: Dataset, config: TrainConfig) -> list:
+    from .init import init_paramramp_r_
+
+    n = min(config.r_init_samples, ds.x_train.shape[0])
+    idx = np.sort(np.random.default_rng([config.seed, 7]).choice(ds.x_train.shape[0], size=n, replace=False))
+    xs = ds.normalize(ds.x_train[idx])
+    batches = (torch.from_numpy(xs[s:s + config.eval_batch_size]).to(net.device)
+               for s in range(0, n, config.eval_batch_size))
+    return init_paramramp_r_(net, batches, floor=config.r_floor)
+
+
+def _finish(result: TrainResult, proto, ds: Dataset, output: Path, evaluate: bool, say) -> None:
+    from .evaluate import evaluate_onnx
+    from .export import export_trained, write_model_card
+    from .models import model_metadata
+
+    cfg, rec, net = result.config, result.config.recipe, result.net
+    output.parent.mkdir(parents=True, exist_ok=True)
+    check_x = ds.normalize(ds.x_test[: min(64, ds.x_test.shape[0])])
+    _, report = export_trained(net, output, check_inputs=check_x,
+                               metadata={"onnxverify.trained_eps": repr(rec.eps_train),
+                                         "onnxverify.trained_method": rec.method,
+                                         "onnxverify.data_mean": json.dumps(ds.mean.tolist()),
+                                         "onnxverify.data_std": json.dumps(ds.std.tolist())})
+    result.output, result.export_check = output, report
+    say(f"exported {output} (onnxruntime vs torch max abs err {report['max_abs_err_ort_vs_torch']:.2g})")
+    evals = {}
+    if evaluate:
+        for eps in (rec.eps_test or (rec.eps_train,)):
+            ev = evaluate_onnx(output, ds, eps, methods=cfg.verify_methods, pgd=cfg.pgd, pgd_steps=cfg.pgd_steps,
+                               pgd_restarts=cfg.pgd_restarts, n_test=None,
+                               batch_size=cfg.eval_batch_size, seed=cfg.seed, progress=cfg.progress)
+            evals[f"{eps:g}"] = ev
+            say(format_eval(ev))
+    result.evaluation = evals
+    meta = model_metadata(proto)
+    times = [h["time_s"] for h in result.history]
+    result.card = {
+        "architecture": meta.get("architecture", "custom"),
+        "activation": net.activation_kind(),
+        "batchnorm": meta.get("batchnorm", str(any(n.op == "Affine" for n in net.graph.nodes)).lower()),
+        "init": meta.get("init"),
+        "input_shape": list(net.input_shape),
+        "num_classes": net.num_classes,
+        "final_eta": float(result.net.paramramps[0].eta) if net.paramramps else (
+            float(net.leakys[0].negative_slope) if net.leakys else None),
+        "data": {"name": ds.name, "spec": cfg.data, "n_train": int(ds.x_train.shape[0]), "n_test": int(ds.x_test.shape[0]),
+                 "mean": ds.mean.tolist(), "std": ds.std.tolist(), "data_range": list(ds.data_range),
+                 "input_note": "the model takes normalised inputs (x - mean) / std; eps is in raw pixel units"},
+        "training": {"method": rec.method, "eps_train": rec.eps_train, "eps_test": list(rec.eps_test),
+                     "epochs": len(result.history), "config": cfg.to_dict(),
+                     "time_per_epoch_s": float(np.mean(times)) if times else None,
+                     "final_log": result.history[-1] if result.history else None},
+        "final_errors": evals,
+        "export_check": report,
+        "versions": _versions(),
+    }
+    path = write_model_card(output, result.card)
+    say(f"wrote {path}")
+
+
+def format_eval(ev: Dict) -> str:
+    parts = [f"eps {ev['eps']:g} on {ev['n']} test images: clean {100 * ev['clean_err']:.2f}%"]
+    if ev.get("pgd_err") is not None:
+        parts.append(f"PGD {100 * ev['pgd_err']:.2f}%")
+    for m, v in ev["verified_err"].items():
+        parts.append(f"{m} verified {'unavailable' if v is None else f'{100 * v:.2f}%'}")
+    return ", ".join(parts)
+
+
+def _summary(r: Dict, epochs: int) -> str:
+    s = f"epoch {r['epoch']}/{epochs}  eps {r['eps']:.4g}  kappa {r['kappa']:.3f}"
+    if r.get("beta"):
+        s += f"  beta {r['beta']:.3f}"
+    s += f"  eta {r['eta']:.4g}  loss {r['loss']:.4f}  train err {100 * r['train_clean_err']:.2f}%"
+    if "train_ibp_verified_err" in r:
+        s += f"  train IBP-verified err {100 * r['train_ibp_verified_err']:.2f}%"
+    elif "train_verified_err" in r:
+        s += f"  train verified err (training bound) {100 * r['train_verified_err']:.2f}%"
+    if "test_clean_err" in r:
+        s += (f"  | test err {100 * r['test_clean_err']:.2f}%  IBP-verified err {100 * r['test_ibp_verified_err']:.2f}%"
+              f" (eps {r['eps_eval']:g})")
+    return s + f"  {r['time_s']:.1f}s"
+
+
+def _versions() -> Dict[str, str]:
+    import onnxruntime
+
+    import onnxverify
+
+    return {"onnxverify": getattr(onnxverify, "__version__", "?"), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]}
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not enabled)
