@@ -141,13 +141,19 @@ class LinearEngine:
             raise KeyError(f"no forward linear rule for op {node.op}")
 
     # ---- backward pass (CROWN) --------------------------------------------------------------------
-    def backward(self, start: str, lam, depth: int | None = None, upper: bool = True):
+    def backward(self, start: str, lam, depth: int | None = None, upper: bool = True, window=None):
         """Bounds of ``lam . node(start)``: lam ``(B, K, *shape)`` -> ``(lower, upper)`` ``(B, K)``
         (``upper`` None when not requested). ``depth``: stop after crossing this many
-        nonlinear nodes and substitute forward maps (None: go to the input)."""
+        nonlinear nodes and substitute forward maps (None: go to the input).
+
+        ``window = (r0, r1, c0, c1)``: ``lam`` is ``(B, K, C, r1 - r0, c1 - c0)``, the only
+        non-zero rows/cols of a ``(C, H, W)`` start node. Convolutions, elementwise ops and
+        residual adds then work on the receptive field only (far less work for conv nets);
+        any other op first pads the coefficients back to the full shape."""
         bk, g = self.bk, self.g
         B, K = lam.shape[0], lam.shape[1]
         acc = {start: [lam, lam if upper else None]}
+        wins = {start: window} if window is not None else {}
         dist = {start: 0}
         bias = [bk.zeros((B, K), dtype=self.dtype), bk.zeros((B, K), dtype=self.dtype) if upper else None]
         coef = [None, None]  # (B, K, n0) on the input
@@ -157,6 +163,13 @@ class LinearEngine:
                 continue
             AL, AU = acc.pop(node.name)
             d = dist[node.name]
+            win = wins.pop(node.name, None)
+            if win is not None:
+                cut = depth is not None and d >= depth and node.name != start and node.name in self.maps
+                if node.op in WINDOWED and not cut:
+                    self._windowed_step(node, AL, AU, win, acc, wins, dist, d, bias)
+                    continue
+                AL, AU = (None if A is None else _pad_window(bk, A, win, node.shape) for A in (AL, AU))
             if node.op == "Input":
                 self._add_coef(coef, 0, _flat(bk, AL, 2))
                 if upper:
@@ -178,7 +191,7 @@ class LinearEngine:
                     adj = rule.adjoint(bk, node, bk.reshape(A, (B * K,) + tuple(node.shape)), shapes)
                     outs.append([bk.reshape(a, (B, K) + tuple(sh)) for a, sh in zip(adj, shapes)])
                 for i, name in enumerate(node.inputs):
-                    self._accumulate(acc, dist, name, outs[0][i], outs[1][i], d)
+                    self._accumulate(acc, dist, name, outs[0][i], outs[1][i], d, wins)
                 continue
             if node.name not in self.relax:
                 self.relax_node(node.name)
@@ -196,7 +209,7 @@ class LinearEngine:
                     bias[s] = (bias[s] + bk.einsum("bkn,bn->bk", Af, _flat(bk, lo_b[:, 0], 1))
                                + bk.einsum("bkn,bn->bk", An, _flat(bk, (hi_b - lo_b)[:, 0], 1)))
                     new.append(bk.line_backward(A, lo_a, hi_a))
-                self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1)
+                self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1, wins)
             elif node.op == "MaxPool":
                 select, decided, upper_c = self.relax[node.name]
                 in_hw = tuple(g[node.inputs[0]].shape[1:])
@@ -211,7 +224,7 @@ class LinearEngine:
                     through = lower_part + upper_part * dec
                     bias[s] = bias[s] + bk.sum(_flat(bk, upper_part * (1 - dec) * upper_c[:, None], 2), axis=2)
                     new.append(rule.scatter(bk, node, through, select, in_hw))
-                self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1)
+                self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1, wins)
             else:
                 raise KeyError(f"no backward rule for op {node.op}")
         lo = self.concretize(coef[0], bias[0], upper=False) if coef[0] is not None else bias[0]
@@ -232,8 +245,85 @@ class LinearEngine:
             cache[start] = seen
         return cache[start]
 
+    def _windowed_step(self, node, AL, AU, win, acc, wins, dist, d, bias):
+        """One backward step of a windowed pass (see :meth:`backward`)."""
+        bk = self.bk
+        r0, r1, c0, c1 = win
+        if node.op in ELEMENTWISE:
+            if node.name not in self.relax:
+                self.relax_node(node.name)
+            aL, bL, aU, bU = (v[:, None, :, r0:r1, c0:c1] for v in self.relax[node.name])
+            new = []
+            for s, A in enumerate((AL, AU)):
+                if A is None:
+                    new.append(None)
+                    continue
+                lo_a, lo_b, hi_a, hi_b = (aL, bL, aU, bU) if s == 0 else (aU, bU, aL, bL)
+                Af, An = _flat(bk, A, 2), _flat(bk, bk.neg(A), 2)
+                bias[s] = (bias[s] + bk.einsum("bkn,bn->bk", Af, _flat(bk, lo_b[:, 0], 1))
+                           + bk.einsum("bkn,bn->bk", An, _flat(bk, (hi_b - lo_b)[:, 0], 1)))
+                new.append(bk.line_backward(A, lo_a, hi_a))
+            self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1, wins, win)
+            return
+        off = bk.reshape(self.offset(node.name)[0, :, r0:r1, c0:c1], (-1,))
+        for s, A in enumerate((AL, AU)):
+            if A is not None:
+                bias[s] = bias[s] + bk.einsum("bkn,n->bk", _flat(bk, A, 2), off)
+        if node.op == "Conv":
+            outs = [None if A is None else self._conv_window_adjoint(node, A, win) for A in (AL, AU)]
+            new_win = next(o[1] for o in outs if o is not None)
+            self._accumulate(acc, dist, node.inputs[0], outs[0][0], None if outs[1] is None else outs[1][0], d,
+                             wins, new_win)
+        elif node.op == "Affine":
+            from ..ir import params_as
+
+            scale = _crop_param(params_as(bk, node, "scale", AL.dtype), win)
+            self._accumulate(acc, dist, node.inputs[0], AL * scale, None if AU is None else AU * scale, d, wins, win)
+        else:  # Add / Sub of two computed tensors
+            sign = -1.0 if node.op == "Sub" else 1.0
+            self._accumulate(acc, dist, node.inputs[0], AL, AU, d, wins, win)
+            self._accumulate(acc, dist, node.inputs[1], AL * sign, None if AU is None else AU * sign, d, wins, win)
+
+    def _conv_window_adjoint(self, node, A, win):
+        """Transpose of a Conv restricted to an output window -> (coefficients, input window)."""
+        from ..ir import params_as
+
+        bk, a = self.bk, node.attrs
+        B, K = A.shape[:2]
+        r0, r1, c0, c1 = win
+        w = params_as(bk, node, "weight", A.dtype)
+        (sh, sw), (dh, dw), (kh, kw) = a["stride"], a["dilation"], tuple(w.shape[2:])
+        H, W = self.g[node.inputs[0]].shape[1:]
+        base_h, base_w = (r1 - r0 - 1) * sh + dh * (kh - 1) + 1, (c1 - c0 - 1) * sw + dw * (kw - 1) + 1
+        flat = bk.reshape(A, (B * K,) + tuple(A.shape[2:]))
+        out = bk.conv_transpose2d(flat, w, a["stride"], (0, 0, 0, 0), a["dilation"], a["groups"], (base_h, base_w))
+        off_r, off_c = r0 * sh - a["pads"][0], c0 * sw - a["pads"][1]
+        lo_r, hi_r = max(0, off_r), min(H, off_r + base_h)
+        lo_c, hi_c = max(0, off_c), min(W, off_c + base_w)
+        out = out[:, :, lo_r - off_r:hi_r - off_r, lo_c - off_c:hi_c - off_c]
+        return bk.reshape(out, (B, K) + tuple(out.shape[1:])), (lo_r, hi_r, lo_c, hi_c)
+
+    def _accumulate(self, acc, dist, name, AL, AU, d, wins=None, win=None):
+        if wins is not None and (win is not None or name in wins):
+            old = wins.get(name) if name in acc else win
+            if name in acc and old != win:  # different windows (or one dense): bring both to the union
+                shape = self.g[name].shape
+                both = [w for w in (old, win) if w is not None]
+                union = None if (old is None and name in acc) or win is None else (
+                    min(w[0] for w in both), max(w[1] for w in both), min(w[2] for w in both), max(w[3] for w in both))
+                AL, AU = (None if A is None else _rewindow(self.bk, A, win, union, shape) for A in (AL, AU))
+                cur = acc[name]
+                acc[name] = [_rewindow(self.bk, cur[0], old, union, shape),
+                             None if cur[1] is None else _rewindow(self.bk, cur[1], old, union, shape)]
+                win = union
+            if win is None:
+                wins.pop(name, None)
+            else:
+                wins[name] = win
+        self._accumulate_dense(acc, dist, name, AL, AU, d)
+
     @staticmethod
-    def _accumulate(acc, dist, name, AL, AU, d):
+    def _accumulate_dense(acc, dist, name, AL, AU, d):
         if name in acc:
             cur = acc[name]
             acc[name] = [cur[0] + AL, None if AU is None else cur[1] + AU]
@@ -259,6 +349,35 @@ class LinearEngine:
             (fk, fc), (sk, sc) = ((Lk, Lc), (Uk, Uc)) if s == 0 else ((Uk, Uc), (Lk, Lc))
             self._add_coef(coef, s, bk.einsum("bkn,bin->bki", Ap, k_flat(fk)) + bk.einsum("bkn,bin->bki", An, k_flat(sk)))
             bias[s] = bias[s] + bk.einsum("bkn,bn->bk", Ap, c_flat(fc)) + bk.einsum("bkn,bn->bk", An, c_flat(sc))
+
+
+WINDOWED = ELEMENTWISE | {"Conv", "Affine", "Add", "Sub"}
+
+
+def _crop_param(p, win):
+    """Crop a parameter broadcastable to ``(C, H, W)`` to the window's rows/cols."""
+    r0, r1, c0, c1 = win
+    index = [slice(None)] * p.ndim
+    if p.ndim >= 2 and p.shape[-2] > 1:
+        index[-2] = slice(r0, r1)
+    if p.ndim >= 1 and p.shape[-1] > 1:
+        index[-1] = slice(c0, c1)
+    return p[tuple(index)]
+
+
+def _pad_window(bk, A, win, shape):
+    """``(B, K, C, h, w)`` coefficients of a window -> the full ``(B, K, C, H, W)``."""
+    r0, r1, c0, c1 = win
+    H, W = shape[1:]
+    return bk.pad(A, [(0, 0), (0, 0), (0, 0), (r0, H - r1), (c0, W - c1)])
+
+
+def _rewindow(bk, A, win, new, shape):
+    """Coefficients on window ``win`` (None: full) re-expressed on window ``new`` (None: full)."""
+    full = A if win is None else _pad_window(bk, A, win, shape)
+    if new is None:
+        return full
+    return full[:, :, :, new[0]:new[1], new[2]:new[3]]
 
 
 def bound_nodes(graph: Graph) -> list:

@@ -184,6 +184,9 @@ def _chunked_backward(eng, start, lam, depth, max_memory, itemsize):
     return bk.concat(los, axis=1), bk.concat(his, axis=1)
 
 
+TILE_ROWS = 512  # rows per windowed backward pass (a spatial tile times the channels)
+
+
 def _backward_undecided(eng, name, depth, max_memory, itemsize):
     """Tighten the bounds of ``name`` by backward passes for its undecided neurons."""
     bk, g = eng.bk, eng.g
@@ -192,10 +195,14 @@ def _backward_undecided(eng, name, depth, max_memory, itemsize):
     if mask is None:
         return
     flat = np.asarray(bk.to_numpy(bk.reshape(mask, (eng.B, -1))))
-    counts = flat.sum(axis=1)
-    K = int(counts.max()) if flat.size else 0
-    if K == 0:
+    if not flat.any():
         return
+    shape = tuple(g[name].shape)
+    many = flat.sum(axis=1).max() > 2 * TILE_ROWS  # few rows: one dense pass is cheaper than many small ones
+    if many and len(shape) == 3 and shape[1] * shape[2] > 1 and bk.name in ("numpy", "cupy"):
+        _backward_tiles(eng, name, depth, flat.reshape((eng.B,) + shape), max_memory, itemsize)
+        return
+    K = int(flat.sum(axis=1).max())
     N = flat.shape[1]
     idx = np.zeros((eng.B, K), dtype=np.int64)
     valid = np.zeros((eng.B, K))
@@ -211,9 +218,43 @@ def _backward_undecided(eng, name, depth, max_memory, itemsize):
         for b in range(eng.B):
             onehot[b, np.arange(sl.stop - sl.start), idx[b, sl]] = valid[b, sl]
         lam = bk.asarray(onehot, dtype=eng.dtype)
-        l_k, h_k = eng.backward(name, bk.reshape(lam, (eng.B, sl.stop - sl.start) + tuple(g[name].shape)), depth)
+        l_k, h_k = eng.backward(name, bk.reshape(lam, (eng.B, sl.stop - sl.start) + shape), depth)
         hit = bk.sum(lam, axis=1) > 0
         new_lo = bk.where(hit, bk.maximum(new_lo, bk.einsum("bk,bkn->bn", l_k, lam)), new_lo)
         new_hi = bk.where(hit, bk.minimum(new_hi, bk.einsum("bk,bkn->bn", h_k, lam)), new_hi)
-    shape = (eng.B,) + tuple(g[name].shape)
-    eng.tighten(name, bk.reshape(new_lo, shape), bk.reshape(new_hi, shape))
+    eng.tighten(name, bk.reshape(new_lo, (eng.B,) + shape), bk.reshape(new_hi, (eng.B,) + shape))
+
+
+def _backward_tiles(eng, name, depth, mask, max_memory, itemsize):
+    """Backward passes for the undecided neurons of a ``(C, H, W)`` node, one spatial tile at
+    a time: each pass only touches the tile's receptive field (see LinearEngine.backward)."""
+    bk = eng.bk
+    B, (C, H, W) = eng.B, mask.shape[1:]
+    T = max(1, int(np.sqrt(max(1, TILE_ROWS // C))))
+    step = max(1, min(_rows_per_chunk(eng, name, max_memory, itemsize) * 4, 4 * TILE_ROWS))
+    lo, hi = (np.array(bk.to_numpy(a), dtype=np.float64).reshape(B, -1) for a in eng.best(name))
+    for r0 in range(0, H, T):
+        for c0 in range(0, W, T):
+            r1, c1 = min(H, r0 + T), min(W, c0 + T)
+            sub = mask[:, :, r0:r1, c0:c1].reshape(B, -1)
+            counts = sub.sum(axis=1)
+            if counts.max() == 0:
+                continue
+            h, w = r1 - r0, c1 - c0
+            local = [np.flatnonzero(sub[b]) for b in range(B)]
+            for k in range(0, int(counts.max()), step):
+                rows = [loc[k:k + step] for loc in local]
+                kk = max(len(r) for r in rows)
+                onehot = np.zeros((B, kk, C * h * w))
+                for b, r in enumerate(rows):
+                    onehot[b, np.arange(len(r)), r] = 1.0
+                lam = bk.asarray(onehot.reshape(B, kk, C, h, w), dtype=eng.dtype)
+                l_k, h_k = (np.asarray(bk.to_numpy(v), dtype=np.float64)
+                            for v in eng.backward(name, lam, depth, window=(r0, r1, c0, c1)))
+                for b, r in enumerate(rows):
+                    ch, rem = np.divmod(r, h * w)
+                    gidx = ch * H * W + (r0 + rem // w) * W + (c0 + rem % w)
+                    lo[b, gidx] = np.maximum(lo[b, gidx], l_k[b, :len(r)])
+                    hi[b, gidx] = np.minimum(hi[b, gidx], h_k[b, :len(r)])
+    shape = (B, C, H, W)
+    eng.tighten(name, bk.asarray(lo.reshape(shape), dtype=eng.dtype), bk.asarray(hi.reshape(shape), dtype=eng.dtype))
