@@ -5,7 +5,7 @@ BatchNorm, CIFAR "cnn4", DM-large on CIFAR), with *raw* weights (torch's default
 init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))) and *rescaled* weights (He-normal, std
 sqrt(2/fan_in): pre-activations stay O(1) through depth, closer to a trained net). For each
 eps and the margin spec of the predicted class it runs every method in a fresh process
-(median of 3 runs inside it; peak RSS of that process) and prints a table; ``--json``
+(one untimed IBP warm-up, then the median of 3 runs; peak RSS of that process) and prints a table; ``--json``
 writes the rows. Also runs on the networks of ../shared/benchmarks with ``--vnncomp``.
 
     python benchmarks/bounds.py                       # all models, all methods
@@ -134,6 +134,7 @@ def _measure(path, x0, eps, method, strategy, repeats, queue):
         label = int(net.forward(x0).argmax())
         spec = ov.margin_spec([label], net.n_outputs)
         iset = ov.LinfBall(x0, eps, clip=(0.0, 1.0))
+        net.bounds(iset, method="ibp", spec=spec)  # warm-up (torch kernels' thread pool), not timed
         times, b = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()
