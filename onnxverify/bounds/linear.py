@@ -196,19 +196,7 @@ class LinearEngine:
             if node.name not in self.relax:
                 self.relax_node(node.name)
             if node.op in ELEMENTWISE:
-                aL, bL, aU, bU = (v[:, None] for v in self.relax[node.name])
-                new = []
-                for s, A in enumerate((AL, AU)):
-                    if A is None:
-                        new.append(None)
-                        continue
-                    lo_a, lo_b, hi_a, hi_b = (aL, bL, aU, bU) if s == 0 else (aU, bU, aL, bL)
-                    # pos(A) * lo + neg(A) * hi, for the intercepts (a sum) and the slopes
-                    Af = _flat(bk, A, 2)
-                    An = bk.neg(Af)
-                    bias[s] = (bias[s] + bk.einsum("bkn,bn->bk", Af, _flat(bk, lo_b[:, 0], 1))
-                               + bk.einsum("bkn,bn->bk", An, _flat(bk, (hi_b - lo_b)[:, 0], 1)))
-                    new.append(bk.line_backward(A, lo_a, hi_a))
+                new = self._through_lines(node, AL, AU, bias, lambda v: v[:, None])
                 self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1, wins)
             elif node.op == "MaxPool":
                 select, decided, upper_c = self.relax[node.name]
@@ -245,6 +233,25 @@ class LinearEngine:
             cache[start] = seen
         return cache[start]
 
+    def _through_lines(self, node, AL, AU, bias, view):
+        """Backward through an elementwise activation's bounding lines: returns the new
+        coefficients and adds the intercepts to ``bias``. ``view`` shapes a line array
+        ``(B, *shape)`` like the coefficients (batch-broadcast, maybe cropped to a window)."""
+        bk = self.bk
+        aL, bL, aU, bU = (view(v) for v in self.relax[node.name])
+        new = []
+        for s, A in enumerate((AL, AU)):
+            if A is None:
+                new.append(None)
+                continue
+            lo_a, lo_b, hi_a, hi_b = (aL, bL, aU, bU) if s == 0 else (aU, bU, aL, bL)
+            # pos(A) * lo + neg(A) * hi, for the intercepts (a sum) and the slopes
+            Af = _flat(bk, A, 2)
+            bias[s] = (bias[s] + bk.einsum("bkn,bn->bk", Af, _flat(bk, lo_b[:, 0], 1))
+                       + bk.einsum("bkn,bn->bk", bk.neg(Af), _flat(bk, (hi_b - lo_b)[:, 0], 1)))
+            new.append(bk.line_backward(A, lo_a, hi_a))
+        return new
+
     def _windowed_step(self, node, AL, AU, win, acc, wins, dist, d, bias):
         """One backward step of a windowed pass (see :meth:`backward`)."""
         bk = self.bk
@@ -252,17 +259,7 @@ class LinearEngine:
         if node.op in ELEMENTWISE:
             if node.name not in self.relax:
                 self.relax_node(node.name)
-            aL, bL, aU, bU = (v[:, None, :, r0:r1, c0:c1] for v in self.relax[node.name])
-            new = []
-            for s, A in enumerate((AL, AU)):
-                if A is None:
-                    new.append(None)
-                    continue
-                lo_a, lo_b, hi_a, hi_b = (aL, bL, aU, bU) if s == 0 else (aU, bU, aL, bL)
-                Af, An = _flat(bk, A, 2), _flat(bk, bk.neg(A), 2)
-                bias[s] = (bias[s] + bk.einsum("bkn,bn->bk", Af, _flat(bk, lo_b[:, 0], 1))
-                           + bk.einsum("bkn,bn->bk", An, _flat(bk, (hi_b - lo_b)[:, 0], 1)))
-                new.append(bk.line_backward(A, lo_a, hi_a))
+            new = self._through_lines(node, AL, AU, bias, lambda v: v[:, None, :, r0:r1, c0:c1])
             self._accumulate(acc, dist, node.inputs[0], new[0], new[1], d + 1, wins, win)
             return
         off = bk.reshape(self.offset(node.name)[0, :, r0:r1, c0:c1], (-1,))
