@@ -21,7 +21,7 @@ from .ops import MonotoneRule, rule_for
 from .vnnlib import is_violated
 
 __all__ = ["GradientUnavailable", "CaseObjective", "input_gradient", "value_and_grad", "snap_to_box",
-           "Confirmer", "sample_attack", "pgd_attack"]
+           "confirms", "Confirmer", "sample_attack", "pgd_attack", "local_pgd"]
 
 
 class GradientUnavailable(RuntimeError):
@@ -157,6 +157,36 @@ def snap_to_box(x, lower, upper):
     return x32.astype(np.float64)
 
 
+def confirms(prop, x_flat, y_flat) -> bool:
+    """Is ``(x, y)`` a counterexample of ``prop`` (a Property or a Case)?
+
+    Exactly :func:`~onnxverify.vnnlib.is_violated` (no tolerance), except for input
+    dimensions whose interval contains no float32 number at all (e.g. a fixed input
+    ``0.1 <= X_i <= 0.1``): a network with float32 inputs cannot be run inside such a box,
+    so there ``x`` may be the nearest float32 value (within one float32 ulp). The output
+    condition must always hold exactly on ``y``.
+    """
+    from .vnnlib import Property
+
+    x = np.asarray(x_flat, dtype=np.float64).ravel()
+    y = np.asarray(y_flat, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(y)):
+        return False
+    for case in (prop.cases if isinstance(prop, Property) else [prop]):
+        lo, hi = case.x_lower, case.x_upper
+        xc = np.clip(x, lo, hi)
+        off = xc != x
+        if off.any():
+            lo32, hi32 = snap_to_box(lo, lo, hi), snap_to_box(hi, lo, hi)
+            empty = (lo32 < lo) | (lo32 > hi) | (hi32 < lo) | (hi32 > hi)  # no float32 inside
+            ulp = np.spacing(np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32)).astype(np.float64)
+            if np.any(off & ~empty) or np.any(np.abs(x - xc)[off] > ulp[off]):
+                continue
+        if is_violated(case, xc, y):
+            return True
+    return False
+
+
 class Confirmer:
     """Checks candidate inputs with onnxruntime against the whole property.
 
@@ -183,7 +213,7 @@ class Confirmer:
         ys = ys.reshape(len(xs), -1).astype(np.float64)
         self.n_checked += len(xs)
         for x, y in zip(xs, ys):
-            if np.all(np.isfinite(y)) and is_violated(self.prop, x, y):
+            if confirms(self.prop, x, y):
                 self.found = (x.copy(), y.copy())
                 return True
         self.n_rejected += len(xs)
@@ -279,3 +309,19 @@ def pgd_attack(graph, case, objective, confirm, rng, restarts: int, steps: int, 
             return True
         k0 += B
     return False
+
+
+def local_pgd(graph, lo, hi, objective, targets, steps: int, confirm, case, step_hi=0.25, step_lo=0.02) -> bool:
+    """Sign-gradient descent from the centres of boxes ``lo, hi (B, n_in)``, each sample
+    projected onto its own box (branch and bound's leaves). Returns whether ``confirm``
+    accepted a point."""
+    x = (lo + hi) / 2
+    width = hi - lo
+    tol = _margin_tol(objective)
+    for t in range(steps):
+        y, gx = value_and_grad(graph, x, lambda yy: objective.loss_grad(yy, targets)[1])
+        if confirm(_candidates(x, objective.margins(y), tol), case):
+            return True
+        frac = 0.5 * (1 + np.cos(np.pi * t / max(steps - 1, 1)))
+        x = np.clip(x - (step_lo + (step_hi - step_lo) * frac) * width * np.sign(gx), lo, hi)
+    return confirm(_candidates(x, objective.margins(forward_flat(graph, x)), tol), case)

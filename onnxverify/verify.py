@@ -245,16 +245,17 @@ class _Solver:
         tolerance a proof must beat (float64 first; float32 if that does not fit)."""
         shape = (lo.shape[0],) + tuple(self.net.input_shape)
         box = Box(lo.reshape(shape), hi.reshape(shape))
-        try:
-            if self.prop.n_inputs > LARGE_INPUT:
-                raise MemoryLimitError("float32 for large inputs")
-            b = self.net.bounds(box, method=method, spec=spec, strategy=strategy, dtype=np.float64,
-                                max_memory=self.max_memory)
-            tol = 1e-9
-        except (MemoryLimitError, MemoryError):
-            b = self.net.bounds(box, method=method, spec=spec, strategy=strategy, dtype=np.float32,
-                                max_memory=self.max_memory)
-            tol = 1e-4
+        dtypes = (np.float32,) if self.prop.n_inputs > LARGE_INPUT else (np.float64, np.float32)
+        for i, dtype in enumerate(dtypes):
+            try:
+                b = self.net.bounds(box, method=method, spec=spec, strategy=strategy, dtype=dtype,
+                                    max_memory=self.max_memory)
+                break
+            except (MemoryLimitError, MemoryError):
+                if i == len(dtypes) - 1:
+                    raise
+        # float32 rounding: a proof must clear b by a small relative margin
+        tol = 1e-9 if dtype == np.float64 else 1e-4
         lower = np.asarray(b.lower, dtype=np.float64).reshape(lo.shape[0], -1)
         return lower, tol
 
@@ -265,7 +266,9 @@ class _Solver:
         onehot[np.arange(len(owner)), owner] = 1
         return (rows.astype(np.float64) @ onehot) > 0
 
-    def bound_step(self, method, strategy):
+    def bound_step(self, method, strategy, extra=False):
+        """Bound every open case with one method; ``extra``: a retry with another strategy
+        (does not change the method the bisection uses)."""
         t = time.monotonic()
         name = method + (f":{strategy}" if strategy else "")
         for cs in self.open_cases():
@@ -287,8 +290,9 @@ class _Solver:
             owner = cs.owner[rows]
             newly = self.proved(lower, tol, cs.b[rows], owner, len(cs.open))[0]
             cs.open &= ~newly
-        self.best_method = (method, strategy)
-        self.ran_ok.append((method, strategy))
+        if not extra:
+            self.best_method = (method, strategy)
+            self.ran_ok.append((method, strategy))
         self.note(name, t, result="bounds", open_disjuncts=self.n_open())
         if not self.open_cases():
             raise _Decided("unsat")
@@ -297,7 +301,7 @@ class _Solver:
     def split_applicable(self):
         if self.net is None or not self.split or self.best_method is None:
             return False
-        return all(int((cs.case.x_upper > cs.case.x_lower).sum()) <= self.max_split_dims
+        return all(not cs.trivial and 0 < int((cs.case.x_upper > cs.case.x_lower).sum()) <= self.max_split_dims
                    for cs in self.open_cases())
 
     def branch_and_bound(self, max_boxes=1_000_000):
@@ -306,7 +310,7 @@ class _Solver:
         t = time.monotonic()
         tiers = self.bab_tiers()
         method = "+".join(m for m, _ in tiers)
-        stats = {"bounded": 0, "expanded": 0, "queue": 0, "proved_volume": 0.0}
+        stats = {"bounded": 0, "expanded": 0, "rounds": 0, "queue": 0, "proved_volume": 0.0}
         try:
             for cs in self.open_cases():
                 if not self._bab_case(cs, tiers, max_boxes, stats):
@@ -362,12 +366,12 @@ class _Solver:
         tightest method that ran re-bounds the children that stay open."""
         ran = [ms for ms in self.cascade if ms in self.ran_ok]
         tight = self.best_method
-        cheap = next((ms for ms in ran if ms[0] == "crown-lbp"), None) \
-            or next((ms for ms in ran if ms[0] == "crown-ibp"), None) or tight
+        cheap = next((ms for ms in ran if ms[0] == "crown-ibp"), None) \
+            or next((ms for ms in ran if ms[0] == "crown-lbp"), None) or tight
         return [cheap] if cheap == tight else [cheap, tight]
 
     def _bab_case(self, cs, tiers, max_boxes, stats, try_all_dims=8):
-        from .attack import CaseObjective, GradientUnavailable, forward_flat, value_and_grad
+        from .attack import CaseObjective, GradientUnavailable, forward_flat, local_pgd, value_and_grad
 
         self.bab_stats = stats
         c = cs.case
@@ -377,11 +381,12 @@ class _Solver:
         objective = CaseObjective(c.y_disjuncts, self.n_out)
         tol_m = 1e-6 * (1.0 + float(np.abs(cs.b).max(initial=0.0)))
         state = {"batch": 8}
+        proved_vol = stats["proved_volume"]
         lo_q, hi_q = c.x_lower[None].copy(), c.x_upper[None].copy()
         method, strategy = tiers[0]
         open_q, score, target = self._bound_boxes(cs, lo_q, hi_q, cs.open[None], *tiers[-1], state)
-        keep = np.isinf(score) == False  # noqa: E712
-        lo_q, hi_q, open_q, target_q = lo_q[keep], hi_q[keep], open_q[keep], target[keep]
+        keep = ~np.isinf(score)
+        lo_q, hi_q, open_q, target_q, score_q = lo_q[keep], hi_q[keep], open_q[keep], target[keep], score[keep]
         depth_q = np.zeros(len(lo_q), dtype=np.int64)
         while len(lo_q):
             self.check_time()
@@ -389,9 +394,19 @@ class _Solver:
                 return False
             stats["queue"] = len(lo_q)
             n = max(1, min(len(lo_q), state["batch"] // (2 * len(free) if exhaustive else 2)))
-            lo, hi, op, tg, dp = lo_q[-n:], hi_q[-n:], open_q[-n:], target_q[-n:], depth_q[-n:]
-            lo_q, hi_q, open_q, target_q, depth_q = lo_q[:-n], hi_q[:-n], open_q[:-n], target_q[:-n], depth_q[:-n]
+            # best first: the boxes furthest from a proof (most likely to hold a counterexample)
+            if n < len(lo_q):
+                idx = np.argpartition(score_q, n - 1)[:n]
+                rest = np.ones(len(lo_q), dtype=bool)
+                rest[idx] = False
+            else:
+                idx, rest = np.arange(len(lo_q)), np.zeros(len(lo_q), dtype=bool)
+            idx = idx[np.argsort(score_q[idx])]
+            lo, hi, op, tg, dp = lo_q[idx], hi_q[idx], open_q[idx], target_q[idx], depth_q[idx]
+            lo_q, hi_q, open_q, target_q, depth_q, score_q = (lo_q[rest], hi_q[rest], open_q[rest], target_q[rest],
+                                                             depth_q[rest], score_q[rest])
             stats["expanded"] += n
+            stats["rounds"] = stats.get("rounds", 0) + 1
             centre = (lo + hi) / 2
             width = hi - lo
             g = None
@@ -406,6 +421,13 @@ class _Solver:
             bad = m <= tol_m
             if bad.any() and self.confirm(centre[bad][np.argsort(m[bad])], c):
                 raise _Decided("sat")
+            if self.gradient_ok:  # a few PGD steps inside the worst boxes
+                k_att = min(n, 64)
+                try:
+                    if local_pgd(self.net.graph, lo[:k_att], hi[:k_att], objective, tg[:k_att], 5, self.confirm, c):
+                        raise _Decided("sat")
+                except GradientUnavailable:
+                    self.gradient_ok = False
             # candidate split dimensions per box: (n, k)
             if exhaustive:
                 cand = np.broadcast_to(free, (n, len(free)))
@@ -442,13 +464,15 @@ class _Solver:
                     ch_open[todo], ch_score[todo], ch_target[todo] = o2, s2_, t2
             done = np.isinf(ch_score)
             vol = np.prod((ch_hi[:, free] - ch_lo[:, free]) / root_w[free], axis=1)
-            stats["proved_volume"] = round(stats["proved_volume"] + float(vol[done].sum()) / len(self.cases), 6)
+            proved_vol += float(vol[done].sum()) / len(self.cases)
+            stats["proved_volume"] = round(proved_vol, 6)
             keep = ~done
             lo_q = np.concatenate([lo_q, ch_lo[keep]])
             hi_q = np.concatenate([hi_q, ch_hi[keep]])
             open_q = np.concatenate([open_q, ch_open[keep]])
             target_q = np.concatenate([target_q, ch_target[keep]])
             depth_q = np.concatenate([depth_q, np.concatenate([dp, dp])[keep] + 1])
+            score_q = np.concatenate([score_q, ch_score[keep]])
         cs.open[:] = False
         return True
 
@@ -562,10 +586,26 @@ def _run(s: _Solver, net, attack: bool):
         if attack:
             s.attack("attack:sampling", 0.5 * s.remaining(), 100_000, 0, 0)
         return
+    spent = []  # seconds per bound step so far
     for i, (method, strategy) in enumerate(s.cascade):
+        left = len(s.cascade) - i
+        if left > 1 and spent and s.remaining() < 2.5 * max(spent) * left:
+            s.note(method + (f":{strategy}" if strategy else ""), time.monotonic(), result="skipped",
+                   note="not enough time for every method: going to the tightest")
+            continue
+        t = time.monotonic()
         s.bound_step(method, strategy)
+        spent.append(time.monotonic() - t)
         if i == 0 and attack:
             s.attack("attack:pgd", min(0.1 * budget, 10.0), 8192 if small else 256, 64, 50)
+    # every strategy gives sound bounds: retry the open rows with the others of the final method
+    if s.best_method is not None and s.best_method[0] != "ibp" and spent:
+        from .bounds import STRATEGIES
+
+        method, used = s.best_method
+        for strategy in ("tight",):
+            if strategy != (used or "adaptive") and strategy in STRATEGIES and s.remaining() > 3 * spent[-1] + 1:
+                s.bound_step(method, strategy, extra=True)
     if s.split_applicable():
         s.branch_and_bound()
     elif attack:

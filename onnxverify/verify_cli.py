@@ -69,6 +69,7 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
     if timeout is not None and not timeout > 0:
         raise InputError(f"--timeout must be > 0, got {timeout}")
     t0 = time.monotonic()
+    dog = None
     try:
         cascade = parse_methods(methods)
         if check_only:
@@ -89,12 +90,14 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
 
         res = verify(model, prop, timeout=timeout - (time.monotonic() - t0), methods=cascade,
                      seed=seed, split=not no_split, log_fn=log_fn)
+        if result_path:
+            write_result(result_path, res.verdict, res.counterexample)
     except BaseException:
         _write_error_result(result_path)
         raise
-    if result_path:
-        write_result(result_path, res.verdict, res.counterexample)
-    dog.cancel()
+    finally:
+        if dog is not None:
+            dog.cancel()
     click.echo(res.verdict)
     click.echo(f"time {res.time:.2f} s" + (f"; {res.message}" if res.message else ""), err=True)
     if res.verdict == "sat" and not result_path:

@@ -95,16 +95,18 @@ def read_result(path):
 
 
 def replay_counterexample(onnx_path, vnnlib_path_or_prop, x_flat, ort=None):
-    """Run onnxruntime at ``x_flat`` and check the property: ``(ok, y_flat)``."""
+    """Run onnxruntime at ``x_flat`` and check the property: ``(ok, y_flat)`` (see
+    :func:`onnxverify.attack.confirms` for the one float32 allowance on the input box)."""
+    from .attack import confirms
     from .reference import OrtModel
-    from .vnnlib import Property, is_violated, parse_vnnlib
+    from .vnnlib import Property, parse_vnnlib
 
     ort = ort or OrtModel(onnx_path)
     prop = vnnlib_path_or_prop if isinstance(vnnlib_path_or_prop, Property) else parse_vnnlib(vnnlib_path_or_prop)
     shape = ort.session.get_inputs()[0].shape[1:]
     shape = tuple(shape) if all(isinstance(s, int) for s in shape) else (len(x_flat),)
     y = np.asarray(ort(np.asarray(x_flat, dtype=np.float32).reshape((1,) + shape))).reshape(-1).astype(np.float64)
-    return bool(np.all(np.isfinite(y)) and is_violated(prop, np.asarray(x_flat, dtype=np.float64), y)), y
+    return confirms(prop, np.asarray(x_flat, dtype=np.float64), y), y
 
 
 # ----------------------------------------------------------------------------- instances
@@ -198,6 +200,13 @@ def _worker_main(conn, fn, mem_limit):
             resource.setrlimit(resource.RLIMIT_AS, (int(mem_limit), int(mem_limit)))
         except (ImportError, ValueError, OSError):
             pass
+    try:  # import the heavy parts before the first clock starts
+        import onnxruntime  # noqa: F401
+
+        from . import verify  # noqa: F401
+    except Exception:
+        pass
+    conn.send("ready")
     while True:
         try:
             task = conn.recv()
@@ -233,7 +242,8 @@ class _Worker:
                     os.environ[k] = v
         child.close()
         self.task = None
-        self.started = 0.0
+        self.ready = False
+        self.started = time.monotonic()  # boot start until ready, then the task's start
 
     def submit(self, task):
         self.task = task
@@ -342,18 +352,35 @@ def run_instances(groups, timeout_cap: float | None = None, workers: int = 1, me
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = []
+    boot_failures = 0
     try:
         pending = list(reversed(queue))
         while pending or any(w.task is not None for w in pool):
-            while pending and (len(pool) < workers or any(w.task is None for w in pool)):
-                idle = next((w for w in pool if w.task is None), None)
-                if idle is None:
-                    idle = _Worker(ctx, fn, mem_limit, threads)
-                    pool.append(idle)
-                idle.submit(pending.pop())
-            busy = [w for w in pool if w.task is not None]
-            ready = mp.connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=0.2)
+            while pending and len(pool) < min(workers, len(pending) + sum(w.task is not None for w in pool)):
+                pool.append(_Worker(ctx, fn, mem_limit, threads))
+            for w in pool:
+                if pending and w.ready and w.task is None:
+                    w.submit(pending.pop())
+            ready = mp.connection.wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout=0.2)
             now = time.monotonic()
+            for w in [w for w in pool if not w.ready]:  # booting workers
+                if w.conn in ready or w.conn.poll():
+                    try:
+                        w.ready = w.conn.recv() == "ready"
+                        boot_failures = 0
+                        continue
+                    except (EOFError, OSError):
+                        pass
+                if not w.proc.is_alive() or w.proc.sentinel in ready or now - w.started > 300:
+                    w.kill()
+                    pool.remove(w)
+                    boot_failures += 1
+                    if boot_failures >= 3:  # workers cannot start: fail the rest, don't spin
+                        for task in reversed(pending):
+                            write_result(task["result_path"], "error")
+                            finish(task, "error", 0.0, message="worker process failed to start")
+                        pending.clear()
+            busy = [w for w in pool if w.task is not None]
             for w in busy:
                 task = w.task
                 if w.conn in ready or w.conn.poll():
