@@ -3,10 +3,11 @@
 * :func:`affine_prefix` – the nodes computed from the input by affine ops only; an l_p
   ball is mapped through them exactly with the dual norm (PAPER_NOTES.md §2).
 * :func:`affine_tail` – the affine chain that ends at the output, from a single entry
-  node; the spec matrix ``C`` is folded into it before bounding.
+  node; the spec matrix ``C`` is folded into it before bounding (:func:`spec_through_tail`,
+  by the ops' adjoints).
 
-Both push basis vectors through the affine ops (in chunks), which works for every affine
-op rule without op-specific matrix code.
+The prefix pushes basis vectors through the affine ops (in chunks), which works for every
+affine op rule without op-specific matrix code.
 """
 from __future__ import annotations
 
@@ -56,24 +57,23 @@ def run_nodes(bk, graph: Graph, names: list, env: dict, bias: bool, abs_weights:
     return env
 
 
-def tail_matrix(bk, graph: Graph, entry: str, names: list, dtype=np.float64):
-    """The tail as ``y = A @ flat(entry) + c``: ``A (n_out, n_entry)``, ``c (n_out,)``."""
-    shape = graph[entry].shape
-    n_in = int(np.prod(shape, dtype=np.int64))
-    zero = bk.zeros((1,) + tuple(shape), dtype=dtype)
-    c = bk.reshape(run_nodes(bk, graph, names, {entry: zero}, bias=True)[graph.output], (-1,))
-    n_out = int(c.shape[0])
-    step = max(1, CHUNK_BYTES // (8 * max(n_in, n_out)))
-    cols = []
-    for start in range(0, n_in, step):
-        k = min(step, n_in - start)
-        basis = np.zeros((k, n_in))
-        basis[np.arange(k), start + np.arange(k)] = 1.0
-        xs = bk.asarray(basis.reshape((k,) + tuple(shape)), dtype=dtype)
-        out = run_nodes(bk, graph, names, {entry: xs}, bias=False)[graph.output]
-        cols.append(bk.reshape(out, (k, n_out)))
-    A = bk.transpose(bk.concat(cols, axis=0), (1, 0))
-    return A, c
+def spec_through_tail(bk, graph: Graph, entry: str, names: list, C):
+    """Fold the spec into the tail: ``C y = M . entry + c`` with ``C (B, K, n_out)``.
+
+    Pushes the K rows of ``C`` backwards through the tail's adjoints (cost ~ K passes,
+    independent of the entry's size). Returns ``M (B, K, n_entry)`` and ``c (B, K)``.
+    """
+    B, K = C.shape[0], C.shape[1]
+    A = bk.reshape(C, (B * K,) + tuple(graph[graph.output].shape))
+    c = bk.zeros((B * K,), dtype=C.dtype)
+    for name in reversed(names):
+        node = graph[name]
+        rule = rule_for(node.op)
+        shape = graph[node.inputs[0]].shape
+        off = bk.reshape(rule.offset(bk, node, [shape], C.dtype), (-1,))
+        c = c + bk.matmul(bk.reshape(A, (B * K, -1)), off)
+        A = rule.adjoint(bk, node, A, [shape])[0]
+    return bk.reshape(A, (B, K, -1)), bk.reshape(c, (B, K))
 
 
 def prefix_dual_norms(bk, graph: Graph, names: list, q: float, dtype=np.float64) -> dict:

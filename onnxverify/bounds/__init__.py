@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..affine_maps import affine_tail, tail_matrix
+from ..affine_maps import affine_tail, spec_through_tail
 from ..backend import get_backend
 from ..errors import InputError
 from ..input_sets import InputSet
@@ -42,22 +42,19 @@ class Bounds:
 def fold_spec_interval(bk, graph: Graph, env: dict, C, dtype):
     """Bounds of ``C y`` from node intervals ``env``, with ``C`` folded into the affine tail.
 
-    ``C``: ``(B, K, n_out)``. Uses the tail's matrix when it is small enough, else
-    interval arithmetic on the output bounds.
+    ``C``: ``(B, K, n_out)``. Folds ``C`` through the affine tail (by its adjoints) when
+    the output is affine in a single node, else interval arithmetic on the output bounds.
     """
     entry, names = affine_tail(graph)
-    n_entry = graph[entry].size
     out_lo, out_hi = env[graph.output]
     B = out_lo.shape[0]
     Cb = bk.asarray(C, dtype=dtype)
-    if names and n_entry * graph[graph.output].size <= 5e7:
-        A, c = tail_matrix(bk, graph, entry, names)
-        M = bk.einsum("bkn,nm->bkm", bk.asarray(C, dtype=np.float64), A)
+    if names:
+        M, off = spec_through_tail(bk, graph, entry, names, bk.asarray(C, dtype=np.float64))
         lo, hi = env[entry]
         lo = bk.asarray(bk.reshape(lo, (B, -1)), dtype=np.float64)
         hi = bk.asarray(bk.reshape(hi, (B, -1)), dtype=np.float64)
         l_, u_ = apply_spec_to_interval(bk, M, lo, hi)
-        off = bk.einsum("bkn,n->bk", bk.asarray(C, dtype=np.float64), c)
         return bk.asarray(l_ + off, dtype=dtype), bk.asarray(u_ + off, dtype=dtype)
     return apply_spec_to_interval(bk, Cb, bk.reshape(out_lo, (B, -1)), bk.reshape(out_hi, (B, -1)))
 
