@@ -11,7 +11,6 @@ Shapes: images are ``(N, C, H, W)``; convolution weights ``(O, C/groups, kh, kw)
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 
@@ -79,9 +78,6 @@ class Backend:
     def sqrt(self, a):
         return self.xp.sqrt(a)
 
-    def isfinite_all(self, a) -> bool:
-        return bool(self.xp.isfinite(a).all())
-
     # ---- shape ------------------------------------------------------------------
     def reshape(self, a, shape):
         return a.reshape(tuple(shape))
@@ -91,9 +87,6 @@ class Backend:
 
     def concat(self, arrays, axis):
         return self.xp.concatenate(list(arrays), axis=axis)
-
-    def stack(self, arrays, axis=0):
-        return self.xp.stack(list(arrays), axis=axis)
 
     def pad(self, a, widths, value=0.0):
         """Constant padding; ``widths`` is a list of (before, after) per axis."""
@@ -385,9 +378,6 @@ class TorchBackend(Backend):
             return a.max()
         return a.amax(dim=axis, keepdim=keepdims)
 
-    def isfinite_all(self, a):
-        return bool(self.xp.isfinite(a).all())
-
     def einsum(self, expr, *ops):
         return self.xp.einsum(expr, *ops)
 
@@ -457,19 +447,3 @@ def get_backend(name: str | Backend | None = "numpy") -> Backend:
         _BACKENDS[name] = ArrayModuleBackend(cupy, "cupy")
         return _BACKENDS[name]
     raise BackendError(f"unknown backend {name!r}: choose numpy, torch, torch:cuda, cupy or auto")
-
-
-def backend_of(a) -> Backend:
-    """The backend that owns array ``a``."""
-    if isinstance(a, np.ndarray) or np.isscalar(a):
-        return NUMPY
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        return get_backend("torch:" + str(a.device)) if str(a.device) != "cpu" else get_backend("torch")
-    if mod.startswith("cupy"):
-        return get_backend("cupy")
-    return NUMPY
-
-
-def tuple_of(values: Sequence[int] | None, n: int, default: int) -> tuple:
-    return tuple(int(v) for v in values) if values else (default,) * n

@@ -88,9 +88,6 @@ class Graph:
             counts[n.op] = counts.get(n.op, 0) + 1
         return counts
 
-    def replace(self, nodes: list, output: str | None = None) -> "Graph":
-        return Graph(nodes, output or self.output)
-
     # ---- evaluation --------------------------------------------------------------
     def run(self, values_for_input, step: Callable, backend: Backend | str | None = None, keep_all=False):
         """Generic topological evaluation: ``step(rule, node, *input_values)`` per node."""

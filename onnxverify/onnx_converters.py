@@ -6,6 +6,7 @@ messages. Converters are keyed by ``(domain, op_type)`` in :data:`CONVERTERS`.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from .errors import ModelError
 
@@ -46,23 +47,11 @@ def _sample_param(c: np.ndarray, out_rank: int, label, op) -> np.ndarray:
 # ---- identity-like -------------------------------------------------------------------------
 @converter("Identity", "Dropout", "Cast")
 def _identity(ctx, node, attrs, label):
-    if node.op_type == "Cast" and attrs.get("to") not in (onnx_float(), onnx_double()):
+    if node.op_type == "Cast" and attrs.get("to") not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
         _fail(label, "Cast", "casts of computed tensors to non-float types are not supported")
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         ctx.consts[node.output[1]] = np.ones((1,) + ctx.shape_of(node.input[0]), dtype=bool)
     ctx.alias[node.output[0]] = ctx.computed(node.input[0])
-
-
-def onnx_float():
-    import onnx
-
-    return onnx.TensorProto.FLOAT
-
-
-def onnx_double():
-    import onnx
-
-    return onnx.TensorProto.DOUBLE
 
 
 @converter("Shape")

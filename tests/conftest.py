@@ -44,3 +44,29 @@ BACKENDS = ["numpy", pytest.param("torch", marks=pytest.mark.skipif(not torch_av
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """These tests do many small matrix products: one BLAS thread keeps them fast and their
+    time steady on a busy machine (multi-threaded BLAS thrashes there)."""
+    try:  # the numpy backend convolves with torch when it is installed
+        import torch
+    except ImportError:
+        torch = None
+    n = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    try:
+        if threadpool_limits is None:
+            yield
+        else:
+            with threadpool_limits(1, user_api="blas"):
+                yield
+    finally:
+        if torch:
+            torch.set_num_threads(n)

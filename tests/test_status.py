@@ -24,30 +24,8 @@ from test_paramramp_bounds import _network, _x0, paramramp_conv, paramramp_mlp
 LINEAR = ("lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """These tests do many small matrix products: one BLAS thread keeps them fast and their
-    time steady on a busy machine (multi-threaded BLAS thrashes there)."""
-    try:  # the numpy backend convolves with torch when it is installed
-        import torch
-    except ImportError:
-        torch = None
-    n = torch.get_num_threads() if torch else None
-    if torch:
-        torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    try:
-        if threadpool_limits is None:
-            yield
-        else:
-            with threadpool_limits(1, user_api="blas"):
-                yield
-    finally:
-        if torch:
-            torch.set_num_threads(n)
+# many small matrix products: one BLAS/torch thread keeps them fast on a busy machine
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _cases():

@@ -48,7 +48,6 @@ def fold_spec_interval(bk, graph: Graph, env: dict, C, dtype):
     entry, names = affine_tail(graph)
     out_lo, out_hi = env[graph.output]
     B = out_lo.shape[0]
-    Cb = bk.asarray(C, dtype=dtype)
     if names:
         M, off = spec_through_tail(bk, graph, entry, names, bk.asarray(C, dtype=np.float64))
         lo, hi = env[entry]
@@ -56,7 +55,7 @@ def fold_spec_interval(bk, graph: Graph, env: dict, C, dtype):
         hi = bk.asarray(bk.reshape(hi, (B, -1)), dtype=np.float64)
         l_, u_ = apply_spec_to_interval(bk, M, lo, hi)
         return bk.asarray(l_ + off, dtype=dtype), bk.asarray(u_ + off, dtype=dtype)
-    return apply_spec_to_interval(bk, Cb, bk.reshape(out_lo, (B, -1)), bk.reshape(out_hi, (B, -1)))
+    return apply_spec_to_interval(bk, bk.asarray(C, dtype=dtype), bk.reshape(out_lo, (B, -1)), bk.reshape(out_hi, (B, -1)))
 
 
 def compute_bounds(graph: Graph, input_set: InputSet, method: str = "ibp", spec=None, strategy: str | None = None,
