@@ -181,7 +181,7 @@ def main(argv=None):
     ap.add_argument("--json", default="benchmarks/results/bounds.json")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from onnxverify.cli import format_table
+    from onnxverify.report import format_table
 
     rows = []
     headers = ["model", "weights", "eps", "method", "median s", "peak RSS GB", "mean width", "mean margin lb", "verified"]

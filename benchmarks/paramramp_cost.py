@@ -49,8 +49,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import onnxverify as ov  # noqa: E402
 from onnxverify.converters import attach_paramramp_function, make_paramramp_node  # noqa: E402
 from onnxverify.network import Network  # noqa: E402
-from onnxverify.onnx_import import import_model  # noqa: E402
-from onnxverify.status import neuron_status  # noqa: E402
+from onnxverify.onnx.importer import import_model  # noqa: E402
+from onnxverify.bounds.status import neuron_status  # noqa: E402
 
 ETA = 0.01
 
@@ -175,8 +175,8 @@ def _lines_row(name, nets, box, args):
     """The bounding lines alone (tight), on IBP's pre-activation bounds of the first layer:
     what ParamRamp adds per activation layer of a linear method."""
     from onnxverify.backend import get_backend
-    from onnxverify.relaxations import activation_lines
-    from onnxverify.status import preactivation_bounds
+    from onnxverify.ops.lines import activation_lines
+    from onnxverify.bounds.status import preactivation_bounds
 
     bk = get_backend(args.backend)
     fns = {}

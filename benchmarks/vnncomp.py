@@ -62,9 +62,9 @@ def load_ground_truth(bench_dir):
 
 def recheck(inst, result_path, cache):
     """Replay a sat result file in onnxruntime: True / False (fails) / None (no file)."""
-    from onnxverify.reference import OrtModel
+    from onnxverify.onnx.reference import OrtModel
     from onnxverify.vnncomp import read_result, replay_counterexample
-    from onnxverify.vnnlib import parse_vnnlib
+    from onnxverify.specs.vnnlib import parse_vnnlib
 
     if not os.path.exists(result_path):
         return None
@@ -93,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    from onnxverify.cli import format_table
+    from onnxverify.report import format_table
     from onnxverify.vnncomp import read_instances, run_instances
 
     bench_dir = Path(args.bench_dir)

@@ -26,7 +26,8 @@ from torch import nn
 
 import onnxverify as ov
 from onnxverify.converters.paramramp_torch import ParamRamp, export_onnx
-from onnxverify.status import format_status_table, neuron_status, plot_status
+from onnxverify.bounds.status import neuron_status
+from onnxverify.report.status import format_status_table, plot_status
 
 
 def digits():

@@ -7,12 +7,13 @@
 from .backend import get_backend
 from .bounds import METHODS, STRATEGIES, Bounds, compute_bounds
 from .errors import InputError, MemoryLimitError, ModelError, OnnxVerifyError, UnsupportedOpError
-from .input_sets import Box, InputSet, LinfBall, LpBall, make_input_set
+from .specs.input_sets import Box, InputSet, LinfBall, LpBall, make_input_set
 from .ir import Graph, Node
 from .network import Network, load
-from .onnx_import import import_model
-from .spec import margin_spec
-from .status import LayerStatus, neuron_status, plot_status
+from .onnx.importer import import_model
+from .specs.output import margin_spec
+from .bounds.status import LayerStatus, neuron_status
+from .report.status import plot_status
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,8 @@
-"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+"""One error hierarchy: every problem a user can act on is an :class:`OnnxVerifyError`.
+
+The CLI prints these as one ``error: ...`` line and exits with code 2; anything else is an
+internal error (exit 3, "please report").
+"""
 
 
 class OnnxVerifyError(Exception):
@@ -26,3 +30,15 @@ class InputError(OnnxVerifyError):
 
 class MemoryLimitError(OnnxVerifyError):
     """A bound method would need more memory than the configured limit."""
+
+
+class BackendError(OnnxVerifyError, RuntimeError):
+    """A requested array backend is unknown, not installed or has no device."""
+
+
+class VnnlibError(OnnxVerifyError, ValueError):
+    """Malformed or unsupported VNN-LIB input; the message names file, line and token."""
+
+
+class DataError(OnnxVerifyError, ValueError):
+    """A training/evaluation data set is missing, malformed or does not fit the model."""

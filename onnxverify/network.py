@@ -9,7 +9,7 @@ import numpy as np
 from .backend import get_backend
 from .bounds import Bounds, compute_bounds
 from .errors import InputError
-from .input_sets import InputSet
+from .specs.input_sets import InputSet
 from .ir import Graph
 
 
@@ -52,7 +52,7 @@ class Network:
 
     def prepare_input(self, x) -> np.ndarray:
         """``x`` as ``(batch, *input_shape)`` float32, accepting an unbatched or flat sample."""
-        from .input_sets import _batch
+        from .specs.input_sets import _batch
 
         x = np.asarray(x)
         if x.dtype.kind not in "fiu":
@@ -80,14 +80,14 @@ class Network:
         return b
 
     def neuron_status(self, input_set, method="ibp", strategy=None, **kw):
-        """Per-layer neuron statuses; see :func:`onnxverify.status.neuron_status`."""
-        from .status import neuron_status
+        """Per-layer neuron statuses; see :func:`onnxverify.bounds.status.neuron_status`."""
+        from .bounds.status import neuron_status
 
         return neuron_status(self, input_set, method, strategy, **kw)
 
     def check(self, n_samples: int = 8, rtol: float = 1e-5, atol: float = 1e-5, seed: int = 0, low=-1.0, high=1.0) -> CheckReport:
         """Compare IR forward with onnxruntime on random inputs in ``[low, high]``."""
-        from .reference import OrtModel
+        from .onnx.reference import OrtModel
 
         ort = OrtModel(self.model if self.model is not None else self.path)
         x = np.random.default_rng(seed).uniform(low, high, (n_samples,) + self.input_shape).astype(np.float32)
@@ -104,7 +104,7 @@ class Network:
 
 def load(path) -> Network:
     """Import an ONNX file. Raises :class:`~onnxverify.errors.ModelError` with one line."""
-    from .onnx_import import import_model, load_model
+    from .onnx.importer import import_model, load_model
 
     model = load_model(path)
     return Network(import_model(model), os.fspath(path), model)

@@ -113,7 +113,7 @@ def convnet(seed=0):
 
 
 def _finish_dense(b, x):
-    from onnxverify.onnx_import import import_model
+    from onnxverify.onnx.importer import import_model
 
     probe = b.model(x, ["?"])
     n = int(np.prod(import_model(probe, fuse=False).output_shape))

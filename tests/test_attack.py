@@ -9,13 +9,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import nets
-from onnxverify.attack import (CaseObjective, Confirmer, forward_flat, input_gradient, pgd_attack, sample_attack,
+from onnxverify.verify.attack import (CaseObjective, Confirmer, forward_flat, input_gradient, pgd_attack, sample_attack,
                                snap_to_box, value_and_grad)
 from onnxverify.ir import Graph, Node
 from onnxverify.network import Network
-from onnxverify.onnx_import import import_model
-from onnxverify.reference import OrtModel
-from onnxverify.vnnlib import Case, Property
+from onnxverify.onnx.importer import import_model
+from onnxverify.onnx.reference import OrtModel
+from onnxverify.specs.vnnlib import Case, Property
 
 
 def _fd_check(graph, x, c, h=1e-6, max_dims=48, seed=0):

@@ -6,7 +6,7 @@ from conftest import BACKENDS, benchmark_networks, needs_bench
 
 import nets
 import onnxverify as ov
-from onnxverify.reference import OrtModel
+from onnxverify.onnx.reference import OrtModel
 
 
 def _compare(net, ort, x, backend):
@@ -30,20 +30,20 @@ def test_benchmark_network_matches_onnxruntime(path, backend):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_network_matches_onnxruntime(name, seed, backend):
     model, (lo, hi) = nets.ALL_BUILDERS[name](seed)
-    net = ov.Network(ov.onnx_import.import_model(model), model=model)
+    net = ov.Network(ov.import_model(model), model=model)
     x = np.random.default_rng(seed).uniform(lo - 0.5, hi + 0.5, (4,) + net.input_shape).astype(np.float32)
     _compare(net, OrtModel(model), x, backend)
 
 
 def test_check_report_flags_ok():
     model, _ = nets.mlp(0)
-    net = ov.Network(ov.onnx_import.import_model(model), model=model)
+    net = ov.Network(ov.import_model(model), model=model)
     assert net.check().ok
 
 
 def test_fusion_keeps_the_function():
     """BatchNorm folded into Conv, Add folded into MatMul: same outputs as unfused."""
-    from onnxverify.onnx_import import import_model
+    from onnxverify.onnx.importer import import_model
 
     model, _ = nets.convnet(3)
     fused, plain = import_model(model), import_model(model, fuse=False)
@@ -57,6 +57,6 @@ def test_opsets_8_to_21(opset):
     """One network written natively at each opset (Pad/Squeeze/Unsqueeze change signature
     at 11/13, BatchNormalization/Dropout attributes change too) imports and matches onnxruntime."""
     model = nets.opset_net(opset)
-    net = ov.Network(ov.onnx_import.import_model(model), model=model)
+    net = ov.Network(ov.import_model(model), model=model)
     x = np.random.default_rng(0).uniform(0, 1, (2,) + net.input_shape).astype(np.float32)
     _compare(net, OrtModel(model), x, "numpy")

@@ -7,7 +7,7 @@ from conftest import BACKENDS, benchmark_networks, needs_bench
 
 import nets
 import onnxverify as ov
-from onnxverify.reference import OrtModel
+from onnxverify.onnx.reference import OrtModel
 
 SLACK = 1e-5
 
@@ -19,7 +19,7 @@ def assert_inside(values, lower, upper):
 
 
 def _net(model):
-    return ov.Network(ov.onnx_import.import_model(model), model=model)
+    return ov.Network(ov.import_model(model), model=model)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -69,7 +69,7 @@ def test_ibp_with_margin_spec_sound_and_tighter(name, backend):
     lower, upper = (ov.get_backend(backend).to_numpy(v) for v in (b.lower, b.upper))
     assert lower.shape == (3, net.n_outputs - 1)
     plain = net.bounds(iset)
-    naive_lo, _ = ov.spec.apply_spec_to_interval(ov.get_backend("numpy"), C, plain.lower, plain.upper)
+    naive_lo, _ = ov.specs.apply_spec_to_interval(ov.get_backend("numpy"), C, plain.lower, plain.upper)
     assert (lower >= naive_lo - 1e-5).all()  # folding C is never looser
     for i in range(3):
         pts = nets.sample_box(rng, iset.lower[i], iset.upper[i], 1000).astype(np.float32)

@@ -7,8 +7,8 @@ from conftest import BACKENDS, benchmark_networks, needs_bench
 
 import nets
 import onnxverify as ov
-from onnxverify.onnx_import import import_model
-from onnxverify.reference import OrtModel
+from onnxverify.onnx.importer import import_model
+from onnxverify.onnx.reference import OrtModel
 
 LINEAR = ["lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-1", "relaxed-crown-2"]
 STRATEGIES = ["constant", "tight", "adaptive"]

@@ -15,9 +15,9 @@ import onnxverify as ov
 from onnxverify.backend import get_backend
 from onnxverify.cli import main
 from onnxverify.converters import attach_paramramp_function, make_paramramp_node
-from onnxverify.reference import OrtModel
-from onnxverify.relaxations import leaky_relu_lines, paramramp_lines
-from onnxverify.status import PARAMRAMP_STATUSES, neuron_status, paramramp_status, relu_status
+from onnxverify.onnx.reference import OrtModel
+from onnxverify.ops.lines import leaky_relu_lines, paramramp_lines
+from onnxverify.bounds.status import PARAMRAMP_STATUSES, neuron_status, paramramp_status, relu_status
 
 BK = get_backend("numpy")
 STRATEGIES = ("constant", "tight", "adaptive")
@@ -378,7 +378,7 @@ def cases():
 
 def _network(model):
     from onnxverify.network import Network
-    from onnxverify.onnx_import import import_model
+    from onnxverify.onnx.importer import import_model
 
     return Network(import_model(model), None, model)
 

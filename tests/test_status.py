@@ -9,16 +9,15 @@ from click.testing import CliRunner
 import nets
 import onnxverify as ov
 from onnxverify.cli import main
-from onnxverify.status import (
+from onnxverify.bounds.status import (
     PARAMRAMP_STATUSES,
     RELU_STATUSES,
-    format_status_table,
     neuron_status,
     paramramp_status,
-    plot_status,
     preactivation_bounds,
     relu_status,
 )
+from onnxverify.report.status import format_status_table, plot_status
 from test_paramramp_bounds import _network, _x0, paramramp_conv, paramramp_mlp
 
 LINEAR = ("lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-2")

@@ -14,7 +14,7 @@ pytest.importorskip("onnx2torch")
 
 import onnxverify  # noqa: E402
 from onnxverify.cli import main  # noqa: E402
-from onnxverify.reference import OrtModel  # noqa: E402
+from onnxverify.onnx.reference import OrtModel  # noqa: E402
 from onnxverify.training.config import make_config  # noqa: E402
 from onnxverify.training.data import load_digits_dataset, subset  # noqa: E402
 from onnxverify.training.models import build_model  # noqa: E402

@@ -13,10 +13,10 @@ from conftest import BENCH, needs_bench
 from onnxverify.cli import main
 from onnxverify.errors import InputError
 from onnxverify.network import Network
-from onnxverify.reference import OrtModel
+from onnxverify.onnx.reference import OrtModel
 from onnxverify.verify import DEFAULT_CASCADE, available_cascade, parse_methods, verify
 from onnxverify.vnncomp import format_result, read_result, replay_counterexample, write_result
-from onnxverify.vnnlib import is_violated, parse_vnnlib
+from onnxverify.specs.vnnlib import is_violated, parse_vnnlib
 
 
 def tiny_net(path):

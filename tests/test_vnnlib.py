@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from onnxverify.vnnlib import (MAX_DISJUNCTS, Case, Property, VnnlibError, is_violated,
+from onnxverify.specs.vnnlib import (MAX_DISJUNCTS, Case, Property, VnnlibError, is_violated,
                                parse_vnnlib, parse_vnnlib_string)
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"

@@ -32,6 +32,8 @@ from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from onnxverify.errors import DataError
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -51,9 +53,6 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 RngLike = Union[None, int, np.random.Generator]
 
-
-class DataError(ValueError):
-    """A data set could not be found or parsed (bad spec, missing file, corrupt file)."""
 
 
 # --------------------------------------------------------------------------------------

@@ -109,8 +109,8 @@ def evaluate_onnx(model, dataset, eps: float, methods: Sequence[str] = ("ibp", "
 
     from onnxverify import Box, load, margin_spec
     from onnxverify.network import Network
-    from onnxverify.onnx_import import import_model
-    from onnxverify.reference import OrtModel
+    from onnxverify.onnx.importer import import_model
+    from onnxverify.onnx.reference import OrtModel
     from .tied import available_methods
 
     if isinstance(model, onnx.ModelProto):

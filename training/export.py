@@ -41,8 +41,8 @@ def export_trained(net, path, check_inputs: Optional[np.ndarray] = None, atol: f
     import torch
 
     from onnxverify.converters import paramramp_torch as prt
-    from onnxverify.onnx_import import import_model
-    from onnxverify.reference import OrtModel
+    from onnxverify.onnx.importer import import_model
+    from onnxverify.onnx.reference import OrtModel
 
     from .models import model_metadata
 

@@ -4,7 +4,7 @@
 
 * ``module`` -- ``onnx2torch.convert(model)``: the clean forward pass, the optimiser's
   parameters, BatchNorm running statistics, export back to ONNX;
-* ``graph`` -- ``onnxverify.onnx_import.import_model(model, fuse=False)``: the verifier's IR,
+* ``graph`` -- ``onnxverify.onnx.import_model(model, fuse=False)``: the verifier's IR,
   whose parameters are replaced by the torch module's tensors (:meth:`sync`), so that
   :func:`onnxverify.bounds.compute_bounds` run with ``backend="torch"`` differentiates into
   the weights, the BatchNorm affine parameters and ParamRamp's ``r``.  There is no second
@@ -49,9 +49,9 @@ from torch import nn
 from onnxverify.backend import get_backend
 from onnxverify.bounds import compute_bounds, fold_spec_interval
 from onnxverify.bounds.ibp import interval_bounds
-from onnxverify.input_sets import Box
-from onnxverify.onnx_import import import_model
-from onnxverify.spec import margin_spec
+from onnxverify.specs.input_sets import Box
+from onnxverify.onnx.importer import import_model
+from onnxverify.specs.output import margin_spec
 
 __all__ = ["TorchBox", "TrainableNetwork", "ACTIVATION_OPS", "R_LARGE", "available_methods"]
 
@@ -78,7 +78,7 @@ def _accepts(kwarg: str) -> bool:
 class TorchBox(Box):
     """An l_inf box whose ``lower``/``upper`` stay torch tensors ``(B, *input_shape)``.
 
-    :class:`onnxverify.input_sets.Box` converts to float64 NumPy; training needs the bounds
+    :class:`onnxverify.specs.Box` converts to float64 NumPy; training needs the bounds
     on the device, in float32, with autograd.  Only ``box()``, ``batched()`` and ``center``
     are used by the bound methods.
     """

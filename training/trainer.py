@@ -70,7 +70,7 @@ def default_workdir(output) -> Path:
 def load_onnx(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
-    from onnxverify.onnx_import import load_model
+    from onnxverify.onnx.importer import load_model
 
     return load_model(model)
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..affine_maps import affine_tail, spec_through_tail
+from .affine_maps import affine_tail, spec_through_tail
 from ..backend import get_backend
 from ..errors import InputError
-from ..input_sets import InputSet
+from ..specs.input_sets import InputSet
 from ..ir import Graph
-from ..spec import apply_spec_to_interval, check_spec
+from ..specs.output import apply_spec_to_interval, check_spec
 from .ibp import interval_bounds
 
 METHODS = ("ibp", "lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-V")

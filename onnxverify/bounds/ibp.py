@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..affine_maps import affine_prefix, prefix_dual_norms, run_nodes
-from ..input_sets import InputSet, LpBall
+from .affine_maps import affine_prefix, prefix_dual_norms, run_nodes
+from ..specs.input_sets import InputSet, LpBall
 from ..ir import Graph
 from ..ops import rule_for
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..input_sets import LpBall
+from ..specs.input_sets import LpBall
 from ..ir import Graph
 from ..ops import rule_for
-from ..relaxations import activation_lines
+from ..ops.lines import activation_lines
 
 ELEMENTWISE = {"Relu", "LeakyRelu", "ParamRamp", "Sigmoid", "Tanh"}
 NONLINEAR = ELEMENTWISE | {"MaxPool"}

@@ -128,7 +128,7 @@ def exact_by_ibp(graph) -> set:
     prefix bounds are exact by the dual norm): every path from the input crosses at most
     one op that mixes coordinates (elementwise affine, reshape, transpose, pad, concat
     map boxes to boxes exactly)."""
-    from ..affine_maps import affine_prefix
+    from .affine_maps import affine_prefix
 
     mixes = {graph.input.name: 0}
     for name in affine_prefix(graph):

@@ -1,10 +1,62 @@
 """MaxPool and AveragePool over (N, C, H, W)."""
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
-from ..backend import avg_pool_divisor, pool_geometry, window_views
+from ..backend import window_views
 from . import AffineRule, MonotoneRule, register
+
+
+# ---- window geometry (ONNX rules) ----------------------------------------------------------
+def pool_output_size(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil_mode: bool) -> int:
+    """Output length of a pooling/conv window along one axis (ONNX rules)."""
+    eff = d * (k - 1) + 1
+    span = size + p0 + p1 - eff
+    out = (math.ceil(span / s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p0:
+        out -= 1  # the last window must start inside the input or left padding
+    return out
+
+
+def pool_geometry(hw, kernel, stride, pads, dilation, ceil_mode):
+    """Output size ``(Ho, Wo)`` and the pad widths (incl. ceil-mode overhang) of a 2-D window op."""
+    h, w = hw
+    ho = pool_output_size(h, kernel[0], stride[0], pads[0], pads[2], dilation[0], ceil_mode)
+    wo = pool_output_size(w, kernel[1], stride[1], pads[1], pads[3], dilation[1], ceil_mode)
+    need_h = (ho - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    need_w = (wo - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    extra_h = max(0, need_h - (h + pads[0] + pads[2]))
+    extra_w = max(0, need_w - (w + pads[1] + pads[3]))
+    return (ho, wo), [(0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w)]
+
+
+def avg_pool_divisor(hw, kernel, stride, pads, ceil_mode, count_include_pad) -> np.ndarray:
+    """Divisor of each AveragePool window, shape ``(Ho, Wo)``: cells inside the input
+    (plus explicit pads when ``count_include_pad``); ceil-mode overhang never counts.
+    Cached (read-only result)."""
+    return _divisor(*(tuple(int(v) for v in a) for a in (hw, kernel, stride, pads)), bool(ceil_mode),
+                    bool(count_include_pad))
+
+
+@functools.lru_cache(maxsize=256)
+def _divisor(hw, kernel, stride, pads, ceil_mode, count_include_pad) -> np.ndarray:
+    (ho, wo), widths = pool_geometry(hw, kernel, stride, pads, (1, 1), ceil_mode)
+    h, w = hw
+    hp, wp = h + widths[2][0] + widths[2][1], w + widths[3][0] + widths[3][1]
+    mask = np.zeros((hp, wp))
+    if count_include_pad:
+        mask[: pads[0] + h + pads[2], : pads[1] + w + pads[3]] = 1.0
+    else:
+        mask[pads[0]:pads[0] + h, pads[1]:pads[1] + w] = 1.0
+    div = np.zeros((ho, wo))
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            div += mask[i:i + stride[0] * (ho - 1) + 1:stride[0], j:j + stride[1] * (wo - 1) + 1:stride[1]]
+    div.setflags(write=False)  # shared by the cache
+    return div
 
 
 @register
@@ -16,7 +68,8 @@ class MaxPool(MonotoneRule):
 
     def forward(self, bk, node, x):
         a = node.attrs
-        return bk.max_pool2d(x, a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
+        _, widths = pool_geometry(x.shape[2:], a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
+        return bk.max_pool2d(bk.pad(x, widths, value=-np.inf), a["kernel"], a["stride"], a["dilation"])
 
 
     # ---- linear relaxation: y >= x_j* (j* = argmax of the lower bounds in the window);
@@ -81,7 +134,10 @@ class AvgPool(AffineRule):
 
     def apply(self, bk, node, x, bias=True):
         a = node.attrs
-        return bk.avg_pool2d(x, a["kernel"], a["stride"], a["pads"], a["ceil_mode"], a["count_include_pad"])
+        _, widths = pool_geometry(x.shape[2:], a["kernel"], a["stride"], a["pads"], (1, 1), a["ceil_mode"])
+        total = bk.sum_pool2d(bk.pad(x, widths), a["kernel"], a["stride"])
+        div = avg_pool_divisor(x.shape[2:], a["kernel"], a["stride"], a["pads"], a["ceil_mode"], a["count_include_pad"])
+        return total / bk.const(div, x.dtype)
 
     def adjoint(self, bk, node, A, in_shapes):
         """Each output spreads ``A / divisor`` over its window: a depthwise transposed

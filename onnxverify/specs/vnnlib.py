@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import VnnlibError
+
 __all__ = ["VnnlibError", "Case", "Property", "parse_vnnlib", "parse_vnnlib_string",
            "is_violated", "MAX_DISJUNCTS"]
 
@@ -39,9 +41,6 @@ _CMP = {"<=": False, "<": False, ">=": True, ">": True}   # value: swap sides
 _OPS = {"<=", "<", ">=", ">", "=", "+", "-", "*", "/", "and", "or"}
 _IGNORED = {"set-logic", "set-info", "set-option", "check-sat", "get-model", "exit"}
 
-
-class VnnlibError(ValueError):
-    """Malformed or unsupported VNN-LIB input; message names file, line and token."""
 
 
 @dataclass

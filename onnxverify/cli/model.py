@@ -1,11 +1,6 @@
-"""The ``onnxverify`` command line (click).
-
-Every command turns a user error (missing file, unsupported op, bad shape, NaN, eps < 0)
-into one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
-"""
+"""Commands on one model: ``check``, ``bounds``, ``compare`` and ``methods``."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -14,73 +9,11 @@ import time
 import click
 import numpy as np
 
-from .errors import OnnxVerifyError
-
-BUNDLED_DIR = os.path.join(os.path.dirname(__file__), "data")
-BUNDLED_MODEL = os.path.join(BUNDLED_DIR, "digits_mlp.onnx")
-BUNDLED_INPUT = os.path.join(BUNDLED_DIR, "digits_x0.npy")
+from ..report.tables import format_table
+from .common import BUNDLED_DIR, BUNDLED_INPUT, BUNDLED_MODEL, friendly_errors, load_input, load_network
 
 
-def friendly_errors(fn):
-    """Print one-line errors instead of tracebacks (unless --debug)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug", False)
-        try:
-            return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except (OnnxVerifyError, OSError, ValueError, MemoryError) as e:
-            if debug:
-                raise
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(2)
-        except Exception as e:  # an internal bug: still one line, with a hint
-            if debug:
-                raise
-            click.echo(f"error: internal {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                       "(rerun with --debug for the traceback)", err=True)
-            sys.exit(3)
-
-    return wrapper
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.version_option(package_name="onnxverify")
-def main(debug):
-    """onnxverify: sound output bounds and verification for ONNX neural networks."""
-
-
-def load_network(path):
-    from . import load
-
-    return load(path)
-
-
-def load_input(path, net):
-    from .errors import InputError
-
-    if not os.path.exists(path):
-        raise InputError(f"input file not found: {path}")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise InputError(f"cannot read {path} as a .npy array ({type(e).__name__})") from None
-    return net.prepare_input(x)
-
-
-def format_table(headers, rows) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    line = "  ".join(str(h).rjust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-@main.command()
+@click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--samples", default=16, show_default=True, help="Random inputs to compare on.")
 @click.option("--rtol", default=1e-5, show_default=True)
@@ -106,7 +39,7 @@ def check(model, samples, rtol, atol, show_graph):
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @click.argument("model", type=click.Path(dir_okay=False), required=False)
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), help="Centre of the input set (.npy).")
 @click.option("--eps", type=float, default=None, help="Radius of the ball around the input.")
@@ -128,8 +61,8 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
 
     With no arguments, runs on the bundled digits MLP and sample image.
     """
-    from . import make_input_set, margin_spec
-    from .errors import InputError
+    from .. import make_input_set, margin_spec
+    from ..errors import InputError
 
     if model is None:
         model, input_path = BUNDLED_MODEL, input_path or BUNDLED_INPUT
@@ -169,7 +102,7 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
         click.echo(f"wrote {json_path}")
 
 
-@main.command()
+@click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--eps", type=float, required=True)
@@ -181,8 +114,8 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
 @friendly_errors
 def compare(model, input_path, eps, norm, clip, label, max_memory, plot_path):
     """Run every method and strategy on one input set: width, margin, verified, time, memory."""
-    from . import make_input_set, margin_spec
-    from .compare import DEFAULT_RUNS, compare_methods, plot_tightness
+    from .. import make_input_set, margin_spec
+    from ..report.compare import DEFAULT_RUNS, compare_methods, plot_tightness
 
     net = load_network(model)
     x = load_input(input_path, net)
@@ -203,32 +136,13 @@ def compare(model, input_path, eps, norm, clip, label, max_memory, plot_path):
         click.echo(f"wrote {plot_path}")
 
 
-@main.command()
+@click.command()
 def methods():
     """List the bound methods and strategies."""
-    from .bounds import METHODS, STRATEGIES
+    from ..bounds import METHODS, STRATEGIES
 
     click.echo("methods:    " + ", ".join(METHODS))
     click.echo("strategies: " + ", ".join(STRATEGIES))
 
 
-def _register_subcommands():
-    """Commands that live next to their feature: each module exports ``COMMANDS``."""
-    import importlib
-
-    for mod in ("onnxverify.verify_cli", "onnxverify.status_cli", "onnxverify.training.cli"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:  # feature not present in this checkout
-                continue
-            raise
-        for cmd in m.COMMANDS:
-            main.add_command(cmd)
-
-
-_register_subcommands()
-
-
-if __name__ == "__main__":
-    main()
+COMMANDS = [check, bounds, compare, methods]

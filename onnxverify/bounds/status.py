@@ -14,10 +14,11 @@ neuron gets exactly one status.
 :func:`neuron_status` counts them per activation layer from the pre-activation bounds a
 bound method produces: ``ibp`` and ``crown-ibp`` use IBP's intermediate bounds, ``lbp`` and
 ``crown-lbp`` LBP's, ``crown`` and ``relaxed-crown-V`` their backward passes (the output pass
-of a method does not change any activation's input bounds). :func:`plot_status` draws the
-paper's Figures 4/6: one stacked bar of status percentages per layer.
+of a method does not change any activation's input bounds). :func:`onnxverify.report.status.plot_status` draws
+the paper's Figures 4/6: one stacked bar of status percentages per layer.
 
 >>> st = neuron_status(net, LinfBall(x0, 2 / 255, clip=(0, 1)), method="crown-lbp", strategy="tight")
+>>> from onnxverify.report.status import format_status_table, plot_status
 >>> print(format_status_table(st)); plot_status(st, "status.png")
 """
 from __future__ import annotations
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import get_backend
-from .errors import InputError
-from .input_sets import InputSet
-from .ir import Graph
+from ..backend import get_backend
+from ..errors import InputError
+from ..specs.input_sets import InputSet
+from ..ir import Graph
 
 RELU_FAMILY = ("Relu", "LeakyRelu")
 STATUS_OPS = RELU_FAMILY + ("ParamRamp",)
@@ -38,12 +39,6 @@ RELU_STATUSES = ("dead", "unstable", "alive")
 PARAMRAMP_STATUSES = ("left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
 #: every status in table/plot order (left to right, bottom to top)
 ALL_STATUSES = ("dead", "left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
-
-#: colours of the stacked bars (dead: greys/blues, alive: green, unstable: warm)
-STATUS_COLORS = {
-    "dead": "#595959", "left dead": "#9a9a9a", "left unstable": "#ff9f40", "alive": "#2ca02c",
-    "right unstable": "#9ecae1", "right dead": "#1f77b4", "unstable": "#d62728",
-}
 
 R_MIN = 1e-4  # ParamRamp's clamp of r (same as the op's forward pass)
 
@@ -124,9 +119,9 @@ def preactivation_bounds(graph: Graph, input_set: InputSet, method: str = "ibp",
     Uses :func:`onnxverify.bounds.methods.intermediate_bounds` (the method without its
     output pass).
     """
-    from .bounds import DEFAULT_STRATEGY, STRATEGIES
-    from .bounds.ibp import interval_bounds
-    from .bounds.linear import bound_nodes
+    from . import DEFAULT_STRATEGY, STRATEGIES
+    from .ibp import interval_bounds
+    from .linear import bound_nodes
 
     method = method.lower()
     bk = get_backend(backend)
@@ -142,7 +137,7 @@ def preactivation_bounds(graph: Graph, input_set: InputSet, method: str = "ibp",
 
 
 def _linear_preactivation_bounds(graph, iset, method, strategy, bk, dtype, env, needs, max_memory):
-    from .bounds.methods import intermediate_bounds
+    from .methods import intermediate_bounds
 
     if not needs:
         return {}
@@ -159,8 +154,8 @@ def neuron_status(network_or_graph, input_set: InputSet, method: str = "ibp", st
 
     Other activations (Sigmoid, Tanh) and MaxPool have no statuses and are skipped.
     """
-    from .bounds import DEFAULT_STRATEGY
-    from .bounds.methods import parse_method
+    from . import DEFAULT_STRATEGY
+    from .methods import parse_method
 
     graph = getattr(network_or_graph, "graph", network_or_graph)
     if not isinstance(graph, Graph):
@@ -183,84 +178,3 @@ def neuron_status(network_or_graph, input_set: InputSet, method: str = "ibp", st
         out.append(LayerStatus(k, node.name, node.op, node.inputs[0], names, counts, node.size, lo.shape[0],
                                method, None if method == "ibp" else (strategy or DEFAULT_STRATEGY), codes))
     return out
-
-
-# ---- presentation ------------------------------------------------------------------------------------
-def _columns(statuses) -> list:
-    present = {s for st in statuses for s in st.statuses}
-    return [s for s in ALL_STATUSES if s in present]
-
-
-def format_status_table(statuses, percent: bool = True) -> str:
-    """A text table: one row per layer, one column per status (``-`` where a status does not
-    apply to the layer's activation). Percentages average over the batch."""
-    cols = _columns(statuses)
-    rows = []
-    for st in statuses:
-        cells = []
-        for s in cols:
-            if s not in st.counts:
-                cells.append("-")
-            elif percent:
-                cells.append(f"{st.counts[s]} ({100 * st.fractions[s]:.1f}%)")
-            else:
-                cells.append(str(st.counts[s]))
-        rows.append([st.index, st.name[:24], st.op, st.size] + cells)
-    return _table(["layer", "node", "op", "neurons"] + cols, rows)
-
-
-def _table(headers, rows) -> str:
-    widths = [max([len(str(h))] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
-    lines = ["  ".join(str(h).rjust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-def plot_status(statuses, path, title: str | None = None):
-    """Stacked bar chart of status percentages per layer (the paper's Figures 4 and 6).
-
-    ``statuses``: a list of :class:`LayerStatus`, or a dict ``{label: list}`` for one panel
-    per label side by side (e.g. ReLU vs ParamRamp, or one per method). Writes ``path``
-    (format from its extension) and returns it. Needs matplotlib.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("plot_status needs matplotlib: pip install matplotlib") from None
-    panels = statuses if isinstance(statuses, dict) else {None: statuses}
-    if not panels or not any(len(v) for v in panels.values()):
-        raise InputError("nothing to plot: the network has no ReLU/LeakyReLU/ParamRamp layers")
-    cols = _columns([s for v in panels.values() for s in v])
-    fig = Figure(figsize=(max(4.0, 1.2 + 0.55 * max(len(v) for v in panels.values())) * len(panels), 3.8))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, (label, sts) in zip(axes, panels.items()):
-        x = np.arange(1, len(sts) + 1)
-        bottom = np.zeros(len(sts))
-        for s in cols:
-            h = np.array([100 * st.fractions.get(s, 0.0) for st in sts])
-            if h.any():
-                ax.bar(x, h, bottom=bottom, color=STATUS_COLORS[s], label=s, width=0.7, edgecolor="white",
-                       linewidth=0.4)
-            bottom += h
-        ax.set_xticks(x)
-        ax.set_xlabel("layer")
-        ax.set_ylim(0, 100)
-        sub = label if label is not None else (
-            f"{sts[0].method}{' / ' + sts[0].strategy if sts and sts[0].strategy else ''}" if sts else "")
-        if sub:
-            ax.set_title(str(sub), fontsize=10)
-    axes[0].set_ylabel("neurons (%)")
-    handles, labels = {}, []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-    labels = [s for s in cols if s in handles]
-    fig.legend([handles[s] for s in labels], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from onnxverify.cli import format_table, friendly_errors
-
-from .schedules import PRESETS
+from ..report.tables import format_table
+from ..training.schedules import PRESETS
+from .common import friendly_errors
 
 __all__ = ["COMMANDS", "model_cmd", "train_cmd", "evaluate_cmd"]
 
@@ -71,7 +71,7 @@ def _pct(v):
 @friendly_errors
 def model_cmd(name, output, activation, batchnorm, input_shape, classes, eta, r_init, init, hidden, seed, list_only):
     """Write architecture NAME (dm-small, dm-medium, dm-large, cnn7-bn, mlp) as ONNX."""
-    from .models import build_model, describe_architectures
+    from ..training.models import build_model, describe_architectures
 
     if list_only or name is None:
         click.echo(describe_architectures())
@@ -86,7 +86,7 @@ def model_cmd(name, output, activation, batchnorm, input_shape, classes, eta, r_
     import onnx
 
     onnx.save_model(model, output)
-    from onnxverify.onnx_import import import_model
+    from onnxverify.onnx.importer import import_model
 
     counts = import_model(model).op_counts()
     n_params = sum(int(__import__("numpy").prod(t.dims)) for t in model.graph.initializer)
@@ -163,8 +163,8 @@ def train_cmd(model, output, data, eps, eps_test, method, preset, config_file, e
     OUTPUT's model card (.card.json), a JSONL log and checkpoints in the workdir.
     """
     _need_torch()
-    from .config import make_config
-    from .trainer import default_workdir, train
+    from ..training.config import make_config
+    from ..training.trainer import default_workdir, train
 
     milestones = tuple(int(v) for v in _floats(lr_milestones)) if lr_milestones else None
     cfg = make_config(
@@ -177,7 +177,7 @@ def train_cmd(model, output, data, eps, eps_test, method, preset, config_file, e
         verify_methods=methods, progress=progress)
     work = Path(workdir) if workdir else default_workdir(output)
     source = _model_source(model, cfg, activation, batchnorm, init, work, resume)
-    from .export import ExportCheckError
+    from ..training.export import ExportCheckError
 
     try:
         res = train(source, cfg, output=output, workdir=work, resume=resume, echo=click.echo, evaluate=do_eval)
@@ -193,8 +193,8 @@ def _model_source(model, cfg, activation, batchnorm, init, work: Path, resume: b
     p = Path(model)
     if p.exists() or model.lower().endswith(".onnx"):
         return str(p)  # a missing .onnx file gets the loader's one-line error
-    from .models import ALIASES, ARCHITECTURES, build_model
-    from .trainer import prepare_dataset
+    from ..training.models import ALIASES, ARCHITECTURES, build_model
+    from ..training.trainer import prepare_dataset
 
     if model.lower() not in ARCHITECTURES and model.lower() not in ALIASES:
         raise click.BadParameter(f"{model!r} is neither an ONNX file nor an architecture "
@@ -255,9 +255,9 @@ def evaluate_cmd(model, data, eps_list, pgd, pgd_steps, pgd_restarts, methods, n
 
     Verified errors are computed by onnxverify on the file itself.
     """
-    from .data import load_dataset
-    from .evaluate import evaluate_onnx
-    from .export import card_path
+    from ..training.data import load_dataset
+    from ..training.evaluate import evaluate_onnx
+    from ..training.export import card_path
 
     if pgd:
         _need_torch()

@@ -7,12 +7,12 @@ import time
 
 import click
 
-from .cli import friendly_errors
+from .common import friendly_errors
 
 
 def _write_error_result(path):
     if path:
-        from .vnncomp import write_result
+        from ..vnncomp.results import write_result
 
         try:
             write_result(path, "error")
@@ -26,7 +26,7 @@ def _watchdog(seconds, result_path):
 
     def fire():
         if result_path:
-            from .vnncomp import write_result
+            from ..vnncomp.results import write_result
 
             try:
                 write_result(result_path, "timeout")
@@ -62,9 +62,9 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
     PROPERTY describes the unsafe set; unsat means proved safe. The verdict is printed and,
     with --result, written in the VNN-COMP format.
     """
-    from .errors import InputError
-    from .verify import parse_methods, verify
-    from .vnncomp import write_result
+    from ..errors import InputError
+    from ..verify.cascade import parse_methods, verify
+    from ..vnncomp.results import write_result
 
     if timeout is not None and not timeout > 0:
         raise InputError(f"--timeout must be > 0, got {timeout}")
@@ -73,9 +73,9 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
     try:
         cascade = parse_methods(methods)
         if check_only:
-            from .verify import _load
+            from ..verify.loading import load_problem
 
-            net, _, p, note = _load(model, prop)
+            net, _, p, note = load_problem(model, prop)
             shape = net.input_shape if net is not None else "?"
             click.echo(f"ok: model input {shape} ({p.n_inputs} values), {p.n_outputs} outputs, "
                        f"{len(p.cases)} input case(s), {sum(len(c.y_disjuncts) for c in p.cases)} disjunct(s)"
@@ -121,9 +121,9 @@ def run_command(instances, out_dir, timeout_cap, workers, methods, no_progress):
     Writes one result file per instance, results.csv (appended as instances finish; a
     re-run skips finished rows) and log.jsonl, and prints a summary table per benchmark.
     """
-    from .errors import InputError
-    from .verify import parse_methods
-    from .vnncomp import read_instances, run_instances, summary_table
+    from ..errors import InputError
+    from ..verify.cascade import parse_methods
+    from ..vnncomp import read_instances, run_instances, summary_table
 
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")

@@ -8,7 +8,7 @@ import onnx
 def with_paramramp_function(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with the ParamRamp function body attached when the model uses the op but a
     tool pass dropped the function (stock onnxruntime needs the body); else ``model``."""
-    from .converters.paramramp_onnx import DOMAIN, OP_TYPE, attach_paramramp_function
+    from ..converters.paramramp_onnx import DOMAIN, OP_TYPE, attach_paramramp_function
 
     uses = any(n.domain == DOMAIN and n.op_type == OP_TYPE for n in model.graph.node)
     has = any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .errors import ModelError
+from ..errors import ModelError
 
 CONVERTERS: dict = {}
 

@@ -7,7 +7,7 @@ import time
 import click
 import numpy as np
 
-from .cli import friendly_errors, load_input, load_network
+from .common import friendly_errors, load_input, load_network
 
 
 @click.command("stats")
@@ -37,14 +37,15 @@ def stats(model, input_path, eps, norm, clip, method, strategy, backend, use_f64
     ReLU family: dead / unstable / alive. ParamRamp: left dead / left unstable / alive /
     right unstable / right dead / unstable. Counts sum over the samples in --input.
     """
-    from . import make_input_set
-    from .status import format_status_table, neuron_status, plot_status
+    from .. import make_input_set
+    from ..bounds.status import neuron_status
+    from ..report.status import format_status_table, plot_status
 
     if plot_path:  # fail before the work, in one line
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            from .errors import OnnxVerifyError
+            from ..errors import OnnxVerifyError
 
             raise OnnxVerifyError("--plot needs matplotlib: pip install matplotlib") from None
     net = load_network(model)

@@ -5,7 +5,7 @@ Walks the ONNX graph once in topological order. Tensors are either *constants*
 folded here) or *computed* (they depend on the network input and become IR nodes).
 Every computed tensor carries a probe value: the IR evaluated at a zero input with batch
 1, which gives its shape and answers ``Shape`` nodes. Converters for each ONNX op type
-live in :mod:`onnxverify.onnx_converters`; the fusion passes run afterwards.
+live in :mod:`onnxverify.onnx.converters`; the fusion passes run afterwards.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import ModelError, UnsupportedOpError
-from .ir import Graph, Node
+from ..errors import ModelError, UnsupportedOpError
+from ..ir import Graph, Node
 
 # ONNX ops that are fine whenever all their inputs are constants (evaluated by onnx's
 # reference evaluator); on computed tensors they need a converter.
@@ -55,7 +55,7 @@ class ImportContext:
 
     def add(self, onnx_out: str, op: str, inputs, params=None, attrs=None, source: str = "", shape=None) -> str:
         """Append an IR node computing ONNX tensor ``onnx_out``; returns the IR name."""
-        from .ops import rule_for
+        from ..ops import rule_for
 
         name = onnx_out
         while name in self.used_names:
@@ -75,7 +75,7 @@ class ImportContext:
 
 
 def _numpy():
-    from .backend import NUMPY
+    from ..backend import NUMPY
 
     return NUMPY
 
@@ -156,7 +156,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def import_model(model_or_path, fuse: bool = True) -> Graph:
     """ONNX model (or path) -> :class:`Graph`. Raises :class:`ModelError` with one line."""
-    from .onnx_converters import CONVERTERS, convert_node
+    from .converters import CONVERTERS, convert_node
 
     model = load_model(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
     _check_finite(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, Node
+from ..ir import Graph, Node
 
 
 def _per_channel(p: np.ndarray, node: Node):

@@ -1,20 +1,10 @@
-"""VNN-COMP plumbing: result files, ``instances.csv``, and a crash-proof parallel runner.
+"""A crash-proof parallel runner for VNN-COMP suites on local worker processes.
 
-Result file (the competition's format): first line ``sat``, ``unsat``, ``unknown``,
-``timeout`` or ``error``; for ``sat`` the counterexample follows as one s-expression::
-
-    sat
-    ((X_0 0.10000000149011612)
-     (X_1 -0.5)
-     (Y_0 3.25))
-
-with X flattened in C order and Y the onnxruntime outputs at X (full float repr).
-
-The runner (:func:`run_instances`) keeps ``workers`` long-lived worker processes (spawned,
-not forked), hands each one instance at a time, kills a worker that overruns its instance's
-timeout by more than a small grace (the row says ``timeout``) or dies (``error``), starts a
-fresh one, and appends each finished row to ``results.csv`` at once. Finished rows are
-skipped on a re-run (resume).
+:func:`run_instances` keeps ``workers`` long-lived worker processes (spawned, not forked),
+hands each one instance at a time, kills a worker that overruns its instance's timeout by
+more than a small grace (the row says ``timeout``) or dies (``error``), starts a fresh one,
+and appends each finished row to ``results.csv`` at once. Finished rows are skipped on a
+re-run (resume).
 """
 from __future__ import annotations
 
@@ -23,160 +13,21 @@ import json
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import re
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from .results import VERDICTS, write_result
 
-__all__ = ["format_result", "write_result", "read_result", "Instance", "read_instances", "run_instances",
-           "summarize", "RESULT_FIELDS", "replay_counterexample"]
+__all__ = ["RESULT_FIELDS", "run_instances", "verify_task", "default_memory_limit"]
 
 RESULT_FIELDS = ["onnx", "vnnlib", "result", "time"]
-VERDICTS = ("sat", "unsat", "unknown", "timeout", "error")
-_PAIR_RE = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
 
 
-# ----------------------------------------------------------------------------- result files
-def format_result(verdict: str, counterexample=None) -> str:
-    """The result file text. ``counterexample``: ``(x_flat, y_flat)`` for ``sat``."""
-    if verdict not in VERDICTS:
-        raise ValueError(f"unknown verdict {verdict!r}")
-    if verdict != "sat" or counterexample is None:
-        return verdict + "\n"
-    x, y = (np.asarray(a, dtype=np.float64).ravel() for a in counterexample)
-    pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)] + [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y)]
-    return "sat\n(" + "\n ".join(pairs) + ")\n"
-
-
-def write_result(path, verdict: str, counterexample=None) -> None:
-    """Write the result file atomically (a reader never sees half a file)."""
-    path = os.fspath(path)
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(format_result(verdict, counterexample))
-    os.replace(tmp, path)
-
-
-def read_result(path):
-    """``(verdict, x (n_in,) or None, y (n_out,) or None)`` from a result file.
-
-    Accepts the competition's spellings ``holds``/``violated`` for unsat/sat.
-    """
-    with open(path) as f:
-        text = f.read()
-    lines = text.strip().splitlines()
-    if not lines:
-        raise ValueError(f"{path}: empty result file")
-    verdict = lines[0].strip().lower()
-    verdict = {"holds": "unsat", "violated": "sat"}.get(verdict, verdict)
-    if verdict not in VERDICTS:
-        raise ValueError(f"{path}: unknown verdict {lines[0].strip()!r}")
-    if verdict != "sat":
-        return verdict, None, None
-    xs, ys = {}, {}
-    for kind, idx, val in _PAIR_RE.findall("\n".join(lines[1:])):
-        (xs if kind == "X" else ys)[int(idx)] = float(val)
-    if not xs:
-        return verdict, None, None
-
-    def dense(d, what):
-        if sorted(d) != list(range(len(d))):
-            raise ValueError(f"{path}: {what} indices are not 0..{len(d) - 1}")
-        return np.array([d[i] for i in range(len(d))])
-
-    return verdict, dense(xs, "X"), dense(ys, "Y") if ys else None
-
-
-def replay_counterexample(onnx_path, vnnlib_path_or_prop, x_flat, ort=None):
-    """Run onnxruntime at ``x_flat`` and check the property: ``(ok, y_flat)`` (see
-    :func:`onnxverify.attack.confirms` for the one float32 allowance on the input box)."""
-    from .attack import confirms
-    from .reference import OrtModel
-    from .vnnlib import Property, parse_vnnlib
-
-    ort = ort or OrtModel(onnx_path)
-    prop = vnnlib_path_or_prop if isinstance(vnnlib_path_or_prop, Property) else parse_vnnlib(vnnlib_path_or_prop)
-    shape = ort.session.get_inputs()[0].shape[1:]
-    shape = tuple(shape) if all(isinstance(s, int) for s in shape) else (len(x_flat),)
-    y = np.asarray(ort(np.asarray(x_flat, dtype=np.float32).reshape((1,) + shape))).reshape(-1).astype(np.float64)
-    return confirms(prop, np.asarray(x_flat, dtype=np.float64), y), y
-
-
-# ----------------------------------------------------------------------------- instances
-@dataclass
-class Instance:
-    """One row of an ``instances.csv``: paths as written (relative to ``root``), timeout in s."""
-
-    onnx: str
-    vnnlib: str
-    timeout: float
-    root: str = "."
-    benchmark: str = ""
-    index: int = 0
-
-    @property
-    def onnx_path(self):
-        return os.path.normpath(os.path.join(self.root, self.onnx))
-
-    @property
-    def vnnlib_path(self):
-        return os.path.normpath(os.path.join(self.root, self.vnnlib))
-
-    @property
-    def key(self):
-        return self.onnx, self.vnnlib
-
-    def result_name(self) -> str:
-        def stem(p):
-            p = re.sub(r"\.gz$", "", p)
-            p = os.path.splitext(p)[0]
-            return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", p.replace(os.sep, "/").strip("./").replace("/", "-"))
-
-        return f"{self.index:04d}_{stem(self.onnx)}__{stem(self.vnnlib)}.txt"
-
-
-def read_instances(csv_path, benchmark: str | None = None) -> list:
-    """Instances of a competition ``instances.csv`` (``onnx,vnnlib,timeout``, no header;
-    a header line is tolerated). ``benchmark`` defaults to the csv's folder name."""
-    csv_path = os.fspath(csv_path)
-    if not os.path.isfile(csv_path):
-        raise InputError(f"instances file not found: {csv_path}")
-    root = os.path.dirname(os.path.abspath(csv_path))
-    bench = benchmark or os.path.basename(root)
-    out, seen = [], set()
-    with open(csv_path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            row = [c.strip() for c in row]
-            if not row or not any(row) or row[0].startswith("#"):
-                continue
-            if len(row) < 3:
-                raise InputError(f"{csv_path}:{lineno}: expected onnx,vnnlib,timeout, got {','.join(row)!r}")
-            try:
-                timeout = float(row[2])
-            except ValueError:
-                if lineno == 1:  # a header
-                    continue
-                raise InputError(f"{csv_path}:{lineno}: timeout {row[2]!r} is not a number") from None
-            if (row[0], row[1]) in seen:
-                continue
-            seen.add((row[0], row[1]))
-            out.append(Instance(row[0], row[1], timeout, root, bench, len(out)))
-    if not out:
-        raise InputError(f"{csv_path}: no instances")
-    return out
-
-
-# ----------------------------------------------------------------------------- worker side
 def verify_task(task: dict) -> dict:
     """Run one instance (in a worker): writes the result file, returns the row + log."""
-    from .verify import verify
+    from ..verify.cascade import verify
 
     t0 = time.monotonic()
     try:
@@ -203,7 +54,7 @@ def _worker_main(conn, fn, mem_limit):
     try:  # import the heavy parts before the first clock starts
         import onnxruntime  # noqa: F401
 
-        from . import verify  # noqa: F401
+        from .. import verify  # noqa: F401
     except Exception:
         pass
     conn.send("ready")
@@ -428,26 +279,3 @@ def _json_default(o):
     return str(o)
 
 
-def summarize(rows) -> dict:
-    """Counts per verdict (all of :data:`VERDICTS`, zeros included) plus ``total`` and ``time``."""
-    c = Counter(r["result"] for r in rows)
-    out = {v: c.get(v, 0) for v in VERDICTS}
-    out["total"] = len(rows)
-    out["time"] = round(sum(float(r["time"]) for r in rows if r.get("time") not in (None, "")), 1)
-    return out
-
-
-def summary_table(by_benchmark: dict) -> str:
-    """A text table: one row per benchmark (``{name: rows}``), counts per verdict."""
-    from .cli import format_table
-
-    headers = ["benchmark", *VERDICTS, "total", "time_s"]
-    table, tot = [], Counter()
-    for name, rows in by_benchmark.items():
-        s = summarize(rows)
-        table.append([name, *[s[v] for v in VERDICTS], s["total"], f"{s['time']:.0f}"])
-        for k in (*VERDICTS, "total", "time"):
-            tot[k] += s[k]
-    if len(by_benchmark) > 1:
-        table.append(["all", *[tot[v] for v in VERDICTS], tot["total"], f"{tot['time']:.0f}"])
-    return format_table(headers, table)

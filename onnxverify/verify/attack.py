@@ -1,13 +1,13 @@
 """Counterexample search for VNN-LIB cases: sampling and PGD, confirmed by onnxruntime.
 
-A :class:`~onnxverify.vnnlib.Case` is unsafe at ``x`` (in its box) when, for some disjunct
+A :class:`~onnxverify.specs.vnnlib.Case` is unsafe at ``x`` (in its box) when, for some disjunct
 ``(A, b)``, every row holds: ``A y <= b``. The *margin* of a disjunct is
 ``max_k (A y - b)_k``: the point violates the property iff some margin is ``<= 0``. The
 attack minimises the margin of one disjunct (or the smallest of all of them) over the box
 with projected sign-gradient descent. Gradients come from the IR itself
 (:func:`input_gradient`: a backward pass through the graph with the forward values kept), so
 no torch is needed. A candidate only counts after onnxruntime, run on the float32 input that
-is written to the result file, confirms it with :func:`~onnxverify.vnnlib.is_violated`.
+is written to the result file, confirms it with :func:`~onnxverify.specs.vnnlib.is_violated`.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from .backend import get_backend
-from .ir import Graph, params_as
-from .ops import MonotoneRule, rule_for
-from .vnnlib import is_violated
+from ..backend import get_backend
+from ..ir import Graph, params_as
+from ..ops import MonotoneRule, rule_for
+from ..specs.vnnlib import is_violated
 
 __all__ = ["GradientUnavailable", "CaseObjective", "input_gradient", "value_and_grad", "snap_to_box",
            "confirms", "Confirmer", "sample_attack", "pgd_attack", "local_pgd"]
@@ -160,13 +160,13 @@ def snap_to_box(x, lower, upper):
 def confirms(prop, x_flat, y_flat) -> bool:
     """Is ``(x, y)`` a counterexample of ``prop`` (a Property or a Case)?
 
-    Exactly :func:`~onnxverify.vnnlib.is_violated` (no tolerance), except for input
+    Exactly :func:`~onnxverify.specs.vnnlib.is_violated` (no tolerance), except for input
     dimensions whose interval contains no float32 number at all (e.g. a fixed input
     ``0.1 <= X_i <= 0.1``): a network with float32 inputs cannot be run inside such a box,
     so there ``x`` may be the nearest float32 value (within one float32 ulp). The output
     condition must always hold exactly on ``y``.
     """
-    from .vnnlib import Property
+    from ..specs.vnnlib import Property
 
     x = np.asarray(x_flat, dtype=np.float64).ravel()
     y = np.asarray(y_flat, dtype=np.float64).ravel()

@@ -44,7 +44,7 @@ def measure(fn):
 def compare_methods(net, input_set, spec, runs=DEFAULT_RUNS, max_memory=None) -> list:
     """One :class:`MethodResult` per ``(method, strategy)``; a method that cannot fit the
     memory limit gets an ``error`` instead of stopping the comparison."""
-    from .errors import MemoryLimitError
+    from ..errors import MemoryLimitError
 
     out = []
     for method, strategy in runs:
@@ -69,7 +69,7 @@ def plot_tightness(net, make_set, spec, eps_values, runs, path, max_memory=None)
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError("--plot needs matplotlib: pip install 'onnxverify[plot]'") from e
     curves = {}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph
-from .ops import rule_for
+from ..ir import Graph
+from ..ops import rule_for
 
 CHUNK_BYTES = 256 * 2**20
 

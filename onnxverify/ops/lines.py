@@ -10,7 +10,7 @@ reproduce IBP), ``tight`` (never looser than constant: what Theorem 2 needs), ``
 """
 from __future__ import annotations
 
-from .ir import params_as
+from ..ir import params_as
 
 STRATEGIES = ("constant", "tight", "adaptive")
 GAP = 1e-6  # guard for u - l in chord slopes

@@ -1,0 +1,51 @@
+"""Array backends: one small interface over NumPy, CuPy and torch (:class:`Backend`).
+
+``get_backend(name)`` returns the shared instance for ``numpy`` (default), ``torch``,
+``torch:cuda``, ``cupy`` or ``auto`` (CuPy when a GPU works, else NumPy). torch and CuPy are
+imported only when asked for.
+"""
+from __future__ import annotations
+
+from ..errors import BackendError
+from .arrays import NUMPY, ArrayModuleBackend
+from .base import Backend, window_count, window_views
+
+__all__ = ["Backend", "BackendError", "NUMPY", "get_backend", "window_count", "window_views"]
+
+_BACKENDS: dict = {"numpy": NUMPY}
+
+
+def get_backend(name: str | Backend | None = "numpy") -> Backend:
+    """``numpy`` (default), ``torch``, ``torch:cuda``, ``cupy``, or ``auto`` (cupy if a GPU works)."""
+    if isinstance(name, Backend):
+        return name
+    name = (name or "numpy").lower()
+    if name == "auto":
+        try:
+            return get_backend("cupy")
+        except BackendError:
+            return NUMPY
+    if name in _BACKENDS:
+        return _BACKENDS[name]
+    if name.startswith("torch"):
+        try:
+            import torch  # noqa: F401
+        except ImportError as e:
+            raise BackendError("backend 'torch' needs torch: pip install 'onnxverify[train]'") from e
+        device = name.split(":", 1)[1] if ":" in name else None
+        from .torch_backend import TorchBackend
+
+        _BACKENDS[name] = TorchBackend(device)
+        return _BACKENDS[name]
+    if name == "cupy":
+        try:
+            import cupy
+
+            cupy.cuda.runtime.getDeviceCount()
+            cupy.zeros(1)
+        except Exception as e:  # ImportError, CUDARuntimeError, ...
+            raise BackendError(f"backend 'cupy' is not available ({type(e).__name__}: {e}); "
+                               "install onnxverify[gpu] on a machine with an NVIDIA GPU") from e
+        _BACKENDS[name] = ArrayModuleBackend(cupy, "cupy")
+        return _BACKENDS[name]
+    raise BackendError(f"unknown backend {name!r}: choose numpy, torch, torch:cuda, cupy or auto")

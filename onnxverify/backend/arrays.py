@@ -1,0 +1,115 @@
+"""NumPy-compatible array namespaces (numpy, cupy) as a :class:`~.base.Backend`.
+
+Convolutions are im2col in a channel-first layout plus one BLAS product per group; on NumPy
+they borrow torch's CPU kernels zero-copy when torch is importable (several times faster;
+``ONNXVERIFY_NUMPY_KERNELS=1`` forces the pure-NumPy path).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import BackendError
+from .base import Backend, window_views
+
+
+class ArrayModuleBackend(Backend):
+    """NumPy-compatible namespaces (numpy, cupy): kernels by shifted strided slices."""
+
+    def __init__(self, xp, name):
+        super().__init__()
+        self.xp = xp
+        self.name = name
+
+    def asarray(self, a, dtype=None):
+        if dtype is None and isinstance(a, np.ndarray) and self.xp is np:
+            return a
+        if hasattr(a, "detach"):  # a torch tensor handed in by a user
+            a = a.detach().cpu().numpy()
+        return self.xp.asarray(a, dtype=dtype)
+
+    def line_backward(self, A, lo_a, hi_a):
+        out = self.xp.minimum(A, 0)
+        out *= hi_a - lo_a
+        out += A * lo_a
+        return out
+
+    def to_numpy(self, a):
+        if self.xp is np:
+            return np.asarray(a)
+        return self.xp.asnumpy(a)
+
+    def is_array(self, a):
+        return isinstance(a, self.xp.ndarray)
+
+    def zeros(self, shape, dtype, like=None):
+        return self.xp.zeros(tuple(shape), dtype=dtype)
+
+    def conv2d(self, x, w, stride, pads, dilation, groups):
+        """im2col in a channel-first layout + one BLAS product per group (or torch's
+        kernel on the same memory when torch is installed: several times faster)."""
+        fast = _torch_for_numpy(self)
+        if fast is not None:
+            return fast.to_numpy(fast.conv2d(fast.asarray(x), fast.asarray(w, dtype=x.dtype), stride, pads, dilation, groups))
+        xp = self.xp
+        n, c, h, wd = x.shape
+        o, cg, kh, kw = w.shape
+        x = self.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+        ho = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (wd + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        og = o // groups
+        xt = x.transpose(1, 0, 2, 3)  # c n h w
+        outs = []
+        for g in range(groups):
+            cols = xp.empty((kh * kw, cg, n, ho, wo), dtype=x.dtype)
+            for k, win in enumerate(window_views(xt[g * cg:(g + 1) * cg], (kh, kw), stride, dilation, (ho, wo))):
+                cols[k] = win
+            wmat = w[g * og:(g + 1) * og].transpose(0, 2, 3, 1).reshape(og, kh * kw * cg).astype(x.dtype, copy=False)
+            outs.append(wmat @ cols.reshape(kh * kw * cg, n * ho * wo))
+        out = outs[0] if groups == 1 else xp.concatenate(outs, axis=0)
+        return out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
+
+    def conv_transpose2d(self, y, w, stride, pads, dilation, groups, in_hw):
+        """Adjoint of :meth:`conv2d`: (N, O, Ho, Wo) -> (N, C, H, W); one BLAS product per
+        group, then col2im by shifted strided adds (channel-first layout)."""
+        fast = _torch_for_numpy(self)
+        if fast is not None:
+            return fast.to_numpy(fast.conv_transpose2d(fast.asarray(y), fast.asarray(w, dtype=y.dtype), stride, pads,
+                                                       dilation, groups, in_hw))
+        n, o, ho, wo = y.shape
+        _, cg, kh, kw = w.shape
+        h, wd = in_hw
+        hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
+        og = o // groups
+        sh, sw = stride
+        out = self.zeros((groups * cg, n, hp, wp), dtype=np.result_type(y.dtype, w.dtype))
+        yt = y.transpose(1, 0, 2, 3)  # o n ho wo
+        for g in range(groups):
+            wg = w[g * og:(g + 1) * og].transpose(2, 3, 1, 0).reshape(kh * kw * cg, og).astype(y.dtype, copy=False)
+            cols = (wg @ yt[g * og:(g + 1) * og].reshape(og, n * ho * wo)).reshape(kh, kw, cg, n, ho, wo)
+            for i in range(kh):
+                for j in range(kw):
+                    r0, c0 = i * dilation[0], j * dilation[1]
+                    out[g * cg:(g + 1) * cg, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw] += cols[i, j]
+        return out[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd].transpose(1, 0, 2, 3)
+
+NUMPY = ArrayModuleBackend(np, "numpy")
+_TORCH_KERNELS: list = []
+
+
+def _torch_for_numpy(bk):
+    """torch's CPU conv kernels, zero-copy on NumPy arrays, when torch is importable and not
+    disabled with ONNXVERIFY_NUMPY_KERNELS=1. None for other backends or without torch."""
+    if bk.xp is not np or os.environ.get("ONNXVERIFY_NUMPY_KERNELS") == "1":
+        return None
+    if not _TORCH_KERNELS:
+        try:
+            from . import get_backend
+
+            _TORCH_KERNELS.append(get_backend("torch"))
+        except BackendError:
+            _TORCH_KERNELS.append(None)
+    return _TORCH_KERNELS[0]
+
+

@@ -1,0 +1,167 @@
+"""The array interface every op rule and bound engine is written against.
+
+A :class:`Backend` wraps one array library (NumPy, CuPy, torch). Most methods map
+one-to-one onto the library's namespace ``xp``; the few operations the array API lacks
+(convolution, its transpose, window pooling) get one kernel per backend. Pooling kernels
+take inputs that are already padded: the window geometry (pads, ceil mode, divisors) is the
+op rule's business (:mod:`onnxverify.ops.pooling`).
+
+Shapes: images are ``(N, C, H, W)``; convolution weights ``(O, C/groups, kh, kw)``;
+``pads`` are ONNX-style ``(top, left, bottom, right)``.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+
+class Backend:
+    """Operations on arrays of one library. Subclasses fill in ``xp`` and kernels."""
+
+    name = "abstract"
+
+    def __init__(self):
+        self._consts: dict = {}
+
+    # ---- creation / conversion -------------------------------------------------
+    def asarray(self, a, dtype=None):
+        raise NotImplementedError
+
+    def to_numpy(self, a) -> np.ndarray:
+        raise NotImplementedError
+
+    def is_array(self, a) -> bool:
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype, like=None):
+        raise NotImplementedError
+
+    def const(self, value, dtype):
+        """A constant parameter (a NumPy array of the IR) as an array of this backend in
+        ``dtype``, converted once and cached while ``value`` lives. Non-NumPy values (a torch
+        Parameter tied in during training) are converted on every call, keeping autograd."""
+        if not isinstance(value, np.ndarray):
+            return self.asarray(value, dtype=dtype)
+        key = (id(value), str(dtype))
+        hit = self._consts.get(key)
+        if hit is not None and hit[0]() is value:
+            return hit[1]
+        out = self.asarray(value, dtype=dtype)
+        ref = weakref.ref(value, lambda _r, k=key, c=self._consts: c.pop(k, None))
+        self._consts[key] = (ref, out)
+        return out
+
+    # ---- elementwise ------------------------------------------------------------
+    def maximum(self, a, b):
+        return self.xp.maximum(a, b)
+
+    def minimum(self, a, b):
+        return self.xp.minimum(a, b)
+
+    def clip_min(self, a, lo: float):
+        return self.xp.maximum(a, self.asarray(lo, dtype=a.dtype))
+
+    def relu(self, a):
+        return self.xp.maximum(a, 0)
+
+    def pos(self, a):
+        """max(a, 0)."""
+        return self.relu(a)
+
+    def neg(self, a):
+        """min(a, 0)."""
+        return self.xp.minimum(a, 0)
+
+    def abs(self, a):
+        return self.xp.abs(a)
+
+    def where(self, cond, a, b):
+        return self.xp.where(cond, a, b)
+
+    def exp(self, a):
+        return self.xp.exp(a)
+
+    def log(self, a):
+        return self.xp.log(a)
+
+    def sigmoid(self, a):
+        # numerically stable logistic, matches onnxruntime to float32 precision
+        e = self.exp(-self.abs(a))
+        return self.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    def tanh(self, a):
+        return self.xp.tanh(a)
+
+    def sqrt(self, a):
+        return self.xp.sqrt(a)
+
+    # ---- shape ------------------------------------------------------------------
+    def reshape(self, a, shape):
+        return a.reshape(tuple(shape))
+
+    def transpose(self, a, perm):
+        return a.transpose(tuple(perm))
+
+    def concat(self, arrays, axis):
+        return self.xp.concatenate(list(arrays), axis=axis)
+
+    def pad(self, a, widths, value=0.0):
+        """Constant padding; ``widths`` is a list of (before, after) per axis."""
+        return self.xp.pad(a, widths, mode="constant", constant_values=value)
+
+    def broadcast_to(self, a, shape):
+        return self.xp.broadcast_to(a, tuple(shape))
+
+    def line_backward(self, A, lo_a, hi_a):
+        """``pos(A) * lo_a + neg(A) * hi_a`` (A ``(B, K, ...)``, slopes ``(B, 1, ...)``)."""
+        return A * lo_a + self.neg(A) * (hi_a - lo_a)
+
+    # ---- reductions / products ----------------------------------------------------
+    def sum(self, a, axis=None, keepdims=False):
+        return a.sum(axis=axis, keepdims=keepdims)
+
+    def amax(self, a, axis=None, keepdims=False):
+        return a.max(axis=axis, keepdims=keepdims)
+
+    def matmul(self, a, b):
+        return a @ b
+
+    def einsum(self, expr, *ops):
+        return self.xp.einsum(expr, *ops)
+
+    # ---- kernels --------------------------------------------------------------------
+    def conv2d(self, x, w, stride, pads, dilation, groups):
+        raise NotImplementedError
+
+    def conv_transpose2d(self, y, w, stride, pads, dilation, groups, in_hw):
+        raise NotImplementedError
+
+    def max_pool2d(self, x, kernel, stride, dilation):
+        """Window maxima of an already padded ``x (N, C, H, W)``."""
+        out = None
+        for win in window_views(x, kernel, stride, dilation, window_count(x.shape[2:], kernel, stride, dilation)):
+            out = win + 0 if out is None else self.maximum(out, win)
+        return out
+
+    def sum_pool2d(self, x, kernel, stride):
+        """Window sums of an already padded ``x (N, C, H, W)`` (no dilation)."""
+        out = None
+        for win in window_views(x, kernel, stride, (1, 1), window_count(x.shape[2:], kernel, stride, (1, 1))):
+            out = win + 0 if out is None else out + win
+        return out
+
+
+def window_count(hw, kernel, stride, dilation):
+    """Number of whole windows ``(Ho, Wo)`` along each axis of an (already padded) input."""
+    return tuple((size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(hw, kernel, stride, dilation))
+
+
+def window_views(x, kernel, stride, dilation, out_hw):
+    """Yield, per kernel offset (row-major), the view ``(..., Ho, Wo)`` of ``x`` (already
+    padded) seen at that offset by every window. Plain slicing: works for numpy, cupy, torch."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            yield x[..., r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw]

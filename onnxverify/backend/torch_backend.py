@@ -1,0 +1,122 @@
+"""torch tensors (CPU or CUDA) as a :class:`~.base.Backend`: autograd flows through every rule,
+which is how training differentiates the verifier's bounds."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend
+
+
+class TorchBackend(Backend):
+    """torch tensors (CPU or CUDA); autograd flows through every rule."""
+
+    name = "torch"
+
+    def __init__(self, device=None):
+        import torch
+        import torch.nn.functional as F
+
+        super().__init__()
+        self.xp = torch
+        self.F = F
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def _dtype(self, dtype):
+        import torch
+
+        if dtype is None or isinstance(dtype, torch.dtype):
+            return dtype
+        return {np.dtype("float32"): torch.float32, np.dtype("float64"): torch.float64,
+                np.dtype("int64"): torch.int64, np.dtype("bool"): torch.bool}[np.dtype(dtype)]
+
+    def asarray(self, a, dtype=None):
+        torch = self.xp
+        if isinstance(a, torch.Tensor):
+            return a.to(device=self.device, dtype=self._dtype(dtype) or a.dtype)
+        return torch.as_tensor(np.require(a, requirements=("W", "C")), device=self.device, dtype=self._dtype(dtype))
+
+    def to_numpy(self, a):
+        return a.detach().cpu().numpy()
+
+    def is_array(self, a):
+        return isinstance(a, self.xp.Tensor)
+
+    def zeros(self, shape, dtype, like=None):
+        return self.xp.zeros(tuple(shape), dtype=self._dtype(dtype), device=self.device)
+
+    def _t(self, b, like):
+        return b if isinstance(b, self.xp.Tensor) else self.xp.as_tensor(b, dtype=like.dtype, device=like.device)
+
+    def maximum(self, a, b):
+        return self.xp.maximum(a, self._t(b, a))
+
+    def minimum(self, a, b):
+        return self.xp.minimum(a, self._t(b, a))
+
+    def clip_min(self, a, lo):
+        return self.xp.clamp(a, min=lo)
+
+    def relu(self, a):
+        return self.xp.relu(a)
+
+    def neg(self, a):
+        return self.xp.clamp(a, max=0)
+
+    def where(self, cond, a, b):
+        like = a if isinstance(a, self.xp.Tensor) else b
+        return self.xp.where(cond, self._t(a, like), self._t(b, like))
+
+    def sigmoid(self, a):
+        return self.xp.sigmoid(a)
+
+    def transpose(self, a, perm):
+        return a.permute(*perm)
+
+    def concat(self, arrays, axis):
+        return self.xp.cat(list(arrays), dim=axis)
+
+    def pad(self, a, widths, value=0.0):
+        flat = []
+        for before, after in reversed(list(widths)):
+            flat += [before, after]
+        return self.F.pad(a, flat, mode="constant", value=value)
+
+    def broadcast_to(self, a, shape):
+        return a.expand(*shape)
+
+    def sum(self, a, axis=None, keepdims=False):
+        if axis is None:
+            return a.sum()
+        return a.sum(dim=axis, keepdim=keepdims)
+
+    def amax(self, a, axis=None, keepdims=False):
+        if axis is None:
+            return a.max()
+        return a.amax(dim=axis, keepdim=keepdims)
+
+    def einsum(self, expr, *ops):
+        return self.xp.einsum(expr, *ops)
+
+    def conv2d(self, x, w, stride, pads, dilation, groups):
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            x = self.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+            padding = (0, 0)
+        else:
+            padding = (pads[0], pads[1])
+        return self.F.conv2d(x, w, stride=tuple(stride), padding=padding, dilation=tuple(dilation), groups=groups)
+
+    def conv_transpose2d(self, y, w, stride, pads, dilation, groups, in_hw):
+        h, wd = in_hw
+        out = self.F.conv_transpose2d(y, w, stride=tuple(stride), dilation=tuple(dilation), groups=groups)
+        # rows/cols of the padded input that no window touches are zero: pad only if needed
+        short_h = max(0, pads[0] + h - out.shape[2])
+        short_w = max(0, pads[1] + wd - out.shape[3])
+        if short_h or short_w:
+            out = self.F.pad(out, [0, short_w, 0, short_h])
+        return out[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
+
+    def max_pool2d(self, x, kernel, stride, dilation):
+        return self.F.max_pool2d(x, tuple(kernel), tuple(stride), 0, tuple(dilation))
+
+    def sum_pool2d(self, x, kernel, stride):
+        return self.F.avg_pool2d(x, tuple(kernel), tuple(stride), 0) * float(kernel[0] * kernel[1])

@@ -1,0 +1,27 @@
+"""The ``onnxverify`` command line (click): one module per group of commands.
+
+Every command turns a user error (an :class:`~onnxverify.errors.OnnxVerifyError`: missing
+file, unsupported op, bad shape, NaN, eps < 0, ...) into one ``error:`` line on stderr and
+exit code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import click
+
+from . import model, stats, train, verify
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="onnxverify")
+def main(debug):
+    """onnxverify: sound output bounds and verification for ONNX neural networks."""
+
+
+for _module in (model, verify, stats, train):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()
