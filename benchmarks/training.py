@@ -10,6 +10,7 @@ initialisation + BatchNorm after every layer but the last + the warm-up regulari
     python benchmarks/training.py                   # digits (+ MNIST subset if present)
     python benchmarks/training.py --datasets digits --epochs 10 --pgd-steps 20   # quicker
     python benchmarks/training.py --json results.json
+    python benchmarks/training.py --paper --help    # paper-scale runs (benchmarks/training_paper.py)
 
 Prints one table per data set and the time-per-epoch ratio ParamRamp / ReLU.  Errors are %.
 """
@@ -165,6 +166,12 @@ def print_table(rows, dataset):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--paper" in argv:  # paper-scale runs: benchmarks/training_paper.py
+        sys.path.insert(0, str(HERE))
+        from training_paper import main as paper_main
+
+        return paper_main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default=None, help="comma list: digits,mnist (default: digits, + mnist if present)")
     p.add_argument("--mnist-dir", default=str(MNIST_DIR))

@@ -43,7 +43,9 @@ class TrainConfig:
       torch's default; 1 is often faster on a busy or small machine);
     * ``n_train``/``n_test`` -- random subsets (None = all);
     * ``eval_samples`` -- test images for the per-epoch log (clean and IBP verified error;
-      None = all test images, 0 = no per-epoch test evaluation);
+      None = all test images, 0 = no per-epoch test evaluation); ``eval_pgd_steps`` /
+      ``eval_pgd_restarts`` -- a per-epoch PGD error at ``eval_eps`` (default: the first test eps) on the same images (0 steps = off);
+      ``eval_statuses`` -- per-epoch neuron statuses (IBP) of every activation layer;
     * ``crown_strategy`` -- bounding-line strategy of the CROWN-IBP training bound ("adaptive");
     * ``r_init`` -- ParamRamp ``r``: ``mean`` (set to each neuron's mean activation over the
       training set when eps starts, LeakyReLU before) or ``keep`` (as in the model file);
@@ -66,6 +68,10 @@ class TrainConfig:
     n_train: Optional[int] = None
     n_test: Optional[int] = None
     eval_samples: Optional[int] = 1000
+    eval_eps: Optional[float] = None
+    eval_pgd_steps: int = 0
+    eval_pgd_restarts: int = 1
+    eval_statuses: bool = True
     crown_strategy: str = "adaptive"
     r_init: str = "mean"
     r_init_samples: int = 10000
@@ -90,8 +96,8 @@ class TrainConfig:
             raise ValueError(f"reinit must be 'keep', 'ibp' or 'default', got {self.reinit!r}")
         if self.crown_strategy not in ("constant", "tight", "adaptive"):
             raise ValueError(f"crown_strategy must be constant, tight or adaptive, got {self.crown_strategy!r}")
-        for name in ("pgd_steps", "pgd_restarts", "r_init_samples", "eval_batch_size", "checkpoint_every"):
-            if int(getattr(self, name)) < (0 if name == "pgd_steps" else 1):
+        for name in ("pgd_steps", "eval_pgd_steps", "pgd_restarts", "eval_pgd_restarts", "r_init_samples", "eval_batch_size", "checkpoint_every"):
+            if int(getattr(self, name)) < (0 if name in ("pgd_steps", "eval_pgd_steps") else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.r_noise < 0:
             raise ValueError(f"r_noise must be >= 0, got {self.r_noise}")
@@ -103,7 +109,10 @@ class TrainConfig:
 
     @property
     def eps_eval(self) -> float:
-        """Radius of the per-epoch test evaluation: the first test eps (else the train eps)."""
+        """Radius of the per-epoch test evaluation: ``eval_eps``, else the first test eps (else
+        the train eps)."""
+        if self.eval_eps is not None:
+            return float(self.eval_eps)
         return float(self.recipe.eps_test[0]) if self.recipe.eps_test else float(self.recipe.eps_train)
 
     def to_dict(self) -> Dict[str, Any]:

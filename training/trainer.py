@@ -270,9 +270,16 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
 
                 t0 = time.perf_counter()
                 ev = evaluate_tied(net, ds, config.eps_eval, n_test=config.eval_samples,
-                                   batch_size=config.eval_batch_size, seed=config.seed)
+                                   batch_size=config.eval_batch_size, seed=config.seed,
+                                   pgd_steps=config.eval_pgd_steps, pgd_restarts=config.eval_pgd_restarts,
+                                   statuses=config.eval_statuses)
                 record.update({"eps_eval": config.eps_eval, "test_clean_err": ev["clean_err"],
-                               "test_ibp_verified_err": ev["ibp_err"], "eval_time_s": time.perf_counter() - t0})
+                               "test_ibp_verified_err": ev["ibp_err"]})
+                if "pgd_err" in ev:
+                    record["test_pgd_err"] = ev["pgd_err"]
+                if "status" in ev:
+                    record["status"] = ev["status"]
+                record["eval_time_s"] = time.perf_counter() - t0
             history.append(record)
             say(_summary(record, rec.epochs))
             if log_path is not None:
@@ -378,6 +385,8 @@ def _summary(r: Dict, epochs: int) -> str:
     if "test_clean_err" in r:
         s += (f"  | test err {100 * r['test_clean_err']:.2f}%  IBP-verified err {100 * r['test_ibp_verified_err']:.2f}%"
               f" (eps {r['eps_eval']:g})")
+        if "test_pgd_err" in r:
+            s += f"  PGD err {100 * r['test_pgd_err']:.2f}%"
     return s + f"  {r['time_s']:.1f}s"
 
 
