@@ -249,7 +249,7 @@ def test_presets_consistent():
     for p in PRESETS.values():
         assert p.eps_start + p.eps_ramp <= p.epochs
         assert all(0 < m <= p.epochs for m in p.lr_milestones)
-        assert p.eps_kind in S.RAMP_KINDS and p.method in ("ibp", "crown-ibp")
+        assert p.eps_kind in S.RAMP_KINDS and p.method in S.TRAIN_METHODS
         assert 0 <= p.kappa_end <= 1 and 0 <= p.beta_end <= 1
         d = p.to_dict()
         assert d["name"] == p.name and d["eps_train"] == p.eps_train

@@ -198,17 +198,17 @@ def load_digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
     Pixels (0..16) are divided by 16, giving ``(N, 1, 8, 8)`` in ``[0, 1]``; mean 0, std 1.
     The split is a seeded random permutation; ``test_fraction`` of the images go to the test
-    set.  Raises ``ImportError`` when scikit-learn is missing.
+    set.  Raises :class:`DataError` (a user error) when scikit-learn is missing.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     try:
         from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the digits data set needs scikit-learn (pip install scikit-learn, or the "
-            "'train' extra of onnxverify)"
-        ) from exc
+    except ImportError:  # a user's fix, not a bug: one error line
+        raise DataError(
+            "the digits data set needs scikit-learn: pip install scikit-learn (or the 'train' "
+            "extra of onnxverify), or give another data set with --data mnist:DIR / cifar10:DIR"
+        ) from None
     bunch = load_digits()
     x = (np.asarray(bunch.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)

@@ -1,34 +1,51 @@
 """Evaluation of a classifier stored as ONNX: clean, PGD and verified error (PAPER_NOTES.md §4).
 
-:func:`evaluate_onnx` evaluates *the file a user ships*:
+:func:`evaluate_onnx` evaluates *the file a user ships*, in labelled phases:
 
-* clean error -- onnxruntime;
-* PGD error -- l_inf PGD (sign steps on the cross-entropy, ``steps`` steps of size
-  ``2.5 eps / steps``, ``restarts`` random starts; an example counts as broken if it is
-  misclassified clean or any restart, at any step, finds a misclassified point) on the file
-  converted with onnx2torch; every adversarial point is replayed in onnxruntime, and only
-  those onnxruntime misclassifies count;
-* verified error -- by onnxverify on the ONNX file (NumPy backend): ``ibp`` and ``crown-lbp``
-  (tight strategy) by default; ``METHOD:STRATEGY`` picks another strategy.  A method the
-  installed onnxverify lacks is reported as unavailable (``None``), not an error.
+1. ``clean`` -- onnxruntime, batched;
+2. ``ibp`` -- onnxverify's IBP on the file (NumPy backend), batched;
+3. ``pgd`` -- l_inf PGD (sign steps on the cross-entropy, ``steps`` steps of size
+   ``2.5 eps / steps``, ``restarts`` random starts; broken if misclassified clean or any
+   restart, at any step, finds a misclassified point) on the file converted with
+   onnx2torch; every adversarial point is replayed in onnxruntime and only those
+   onnxruntime misclassifies count;
+4. every other method of ``methods`` (``crown-lbp`` with the tight strategy by default;
+   ``METHOD:STRATEGY`` picks another), batched, optionally on a random sample
+   (``method_samples``).
 
-Inputs are normalised with the data set's mean/std and the l_inf box (raw radius ``eps``) is
-clamped to the normalised data range (``Dataset.input_box``).
+With ``skip_decided`` (the default) each phase only runs on the images the earlier phases left
+undecided, which gives the same numbers as running every phase on every image, for a sound
+verifier, in a fraction of the time: an image misclassified clean is neither verified nor
+needs an attack; an image IBP verifies cannot be broken by PGD and is verified by every
+linear method (their output bounds are intersected with IBP's); an image PGD breaks cannot be
+verified.  ``skip_decided=False`` runs everything on everything (a cross-check of soundness:
+tests assert PGD error <= verified error then).
 
-:func:`evaluate_tied` is the training-time counterpart (clean and IBP verified error with the
-tied IR on torch; what the per-epoch log reports).
+:func:`estimate_evaluation` times each phase on a few images and prints a plan before any
+long work starts (worst case: no image decided early).
+
+Inputs: a model exported with the normalisation folded in (metadata ``onnxverify.input_space
+= raw``) takes raw pixels in the data range and the box is ``[x - eps, x + eps]`` clamped to
+it; otherwise (``normalized``, and files without the key) inputs are ``(x - mean) / std`` and
+the box is :meth:`Dataset.input_box` (eps divided by std, clamped to the normalised range).
 """
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_STRATEGY", "parse_method", "evaluate_onnx", "evaluate_tied", "pgd_attack"]
+from .attacks import pgd_attack
+from .monitor import _batches, evaluate_tied  # noqa: F401  (re-exported)
+
+__all__ = ["DEFAULT_STRATEGY", "parse_method", "evaluate_onnx", "evaluate_tied", "pgd_attack",
+           "estimate_evaluation", "format_estimate", "model_input_space", "model_inputs", "format_duration"]
 
 #: strategy used for each verification method unless ``METHOD:STRATEGY`` says otherwise
 DEFAULT_STRATEGY = {"ibp": None, "crown-lbp": "tight", "crown-ibp": "tight", "lbp": "tight", "crown": "tight"}
+#: test images per call of a linear bound method (their maps are large on conv nets)
+LINEAR_BATCH = 8
 
 
 def parse_method(spec: str) -> Tuple[str, Optional[str]]:
@@ -45,251 +62,277 @@ def parse_method(spec: str) -> Tuple[str, Optional[str]]:
     return name, (strategy or DEFAULT_STRATEGY.get(name, "tight"))
 
 
-def _test_arrays(dataset, n: Optional[int], seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    x, y = dataset.x_test, dataset.y_test
-    if n is not None and n < x.shape[0]:
-        idx = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=int(n), replace=False))
-        x, y = x[idx], y[idx]
-    return dataset.normalize(x), y
+def format_duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
 
 
-def _batches(n: int, size: int) -> Iterable[slice]:
-    for s in range(0, n, size):
-        yield slice(s, min(n, s + size))
+def model_input_space(proto) -> str:
+    """``"raw"`` when the file has its input normalisation folded in, else ``"normalized"``."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return "raw" if meta.get("onnxverify.input_space") == "raw" else "normalized"
 
 
-def pgd_attack(module, x, y, lower, upper, steps: int = 200, restarts: int = 10, step_size=None,
-               generator=None):
-    """l_inf PGD on a torch classifier.  ``x``/``lower``/``upper`` ``(B, *shape)`` tensors,
-    ``y`` ``(B,)``.  Returns ``(broken (B,) bool, x_adv (B, *shape))``: ``x_adv`` is the first
-    misclassified point found (``x`` itself when clean-misclassified or never broken)."""
-    import torch
-    import torch.nn.functional as F
+def model_inputs(dataset, x_raw: np.ndarray, eps: float, space: str):
+    """``(x, lower, upper)`` in the model's input space for raw test images ``x_raw``."""
+    if space == "raw":
+        lo, hi = dataset.data_range
+        x = np.asarray(x_raw, dtype=np.float32)
+        return x, np.clip(x - eps, lo, hi).astype(np.float32), np.clip(x + eps, lo, hi).astype(np.float32)
+    x = dataset.normalize(x_raw)
+    lower, upper = dataset.input_box(x, eps)
+    return x, lower, upper
 
-    if step_size is None:
-        step_size = 2.5 * (upper - lower).amax(dim=0, keepdim=True) / 2 / max(steps, 1)
-    with torch.no_grad():
-        broken = module(x).reshape(x.shape[0], -1).argmax(1) != y
-    x_adv = x.clone()
-    for _ in range(restarts):
-        idx = (~broken).nonzero().reshape(-1)
-        if idx.numel() == 0 or steps <= 0:
-            break
-        ys, lo, hi = y[idx], lower[idx], upper[idx]
-        xa = lo + (hi - lo) * torch.rand(lo.shape, generator=generator, dtype=lo.dtype, device=lo.device)
-        found = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
-        best = xa.clone()
-        for step in range(steps + 1):
-            xa = xa.detach().requires_grad_(True)
-            logits = module(xa).reshape(xa.shape[0], -1)
-            wrong = (logits.argmax(1) != ys) & ~found
-            if wrong.any():
-                best[wrong] = xa.detach()[wrong]
-                found |= wrong
-            if step == steps or bool(found.all()):
-                break
-            loss = F.cross_entropy(logits, ys, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xa)
-            xa = torch.maximum(torch.minimum(xa.detach() + step_size * grad.sign(), hi), lo)
-        hit = idx[found]
-        broken[hit] = True
-        x_adv[hit] = best[found]
-    return broken, x_adv
+
+def _check_shapes(net, dataset) -> None:
+    want, got = tuple(net.graph.input_shape), tuple(dataset.input_shape)
+    if int(np.prod(want)) != int(np.prod(got)) or (len(want) == len(got) and want != got):
+        raise ValueError(f"the model takes inputs of shape {want} but data set {dataset.name} has images of shape "
+                         f"{got}: evaluate it on the data set it was trained on (see its model card), or train a "
+                         f"model for {dataset.name} (onnxverify model ... --input-shape {','.join(map(str, got))})")
+    if net.n_outputs < dataset.num_classes:
+        raise ValueError(f"the model has {net.n_outputs} outputs but data set {dataset.name} has "
+                         f"{dataset.num_classes} classes")
+
+
+def _open(model):
+    import onnx
+
+    from onnxverify import load
+    from onnxverify.network import Network
+    from onnxverify.onnx.importer import import_model
+
+    if isinstance(model, onnx.ModelProto):
+        return Network(import_model(model), None, model)
+    return load(str(model))
+
+
+def _sample(n: int, k: Optional[int], seed: int) -> np.ndarray:
+    """Boolean mask of a seeded random sample of ``k`` of ``n`` items (all when None)."""
+    mask = np.zeros(n, dtype=bool)
+    if k is None or k >= n:
+        mask[:] = True
+    else:
+        mask[np.random.default_rng([seed, 5]).choice(n, size=int(k), replace=False)] = True
+    return mask
+
+
+def _verify(net, x_lo, x_hi, y, idx, name, strategy, batch, bar) -> np.ndarray:
+    """Verified flags (all margins' lower bounds > 0) of the images ``idx``."""
+    from onnxverify import Box, margin_spec
+
+    out = np.zeros(idx.size, dtype=bool)
+    for s in _batches(idx.size, batch):
+        sel = idx[s]
+        b = net.bounds(Box(x_lo[sel], x_hi[sel]), method=name, spec=margin_spec(y[sel], net.n_outputs),
+                       strategy=strategy)
+        out[s] = (np.asarray(b.lower).reshape(sel.size, -1) > 0).all(axis=1)
+        bar.update(sel.size)
+    return out
 
 
 def evaluate_onnx(model, dataset, eps: float, methods: Sequence[str] = ("ibp", "crown-lbp"), pgd: bool = True,
                   pgd_steps: int = 200, pgd_restarts: int = 10, n_test: Optional[int] = None,
-                  batch_size: int = 256, seed: int = 0, progress: bool = False) -> Dict:
-    """Errors of the ONNX ``model`` (path or ``ModelProto``) on ``dataset``'s test split at raw
-    radius ``eps``.  Returns a dict: ``n``, ``eps``, ``clean_err``, ``pgd_err`` (None when
-    ``pgd`` is off), ``verified_err`` ``{method: err or None}`` (None = unavailable in this
-    onnxverify), ``unavailable`` (list), ``strategies``, ``time_s`` per part.  Errors are
-    fractions in [0, 1]."""
-    import onnx
+                  batch_size: int = 256, seed: int = 0, progress: bool = False,
+                  method_samples: Optional[Dict[str, int]] = None, skip_decided: bool = True,
+                  echo: Optional[Callable[[str], None]] = None) -> Dict:
+    """Errors of the ONNX ``model`` (path or ``ModelProto``) on ``dataset``'s test split
+    (``n_test``: a seeded random subset) at raw radius ``eps``; see the module docstring.
 
-    from onnxverify import Box, load, margin_spec
-    from onnxverify.network import Network
-    from onnxverify.onnx.importer import import_model
+    ``method_samples``: ``{method: k}`` runs that method on a seeded random sample of ``k`` of
+    the test images (its error is over the sample).  Returns a dict: ``n``, ``eps``,
+    ``clean_err``, ``pgd_err`` (None when ``pgd`` is off), ``verified_err`` ``{method: err or
+    None}`` (None = unavailable in this onnxverify), ``n_by_method``, ``unavailable``,
+    ``strategies``, ``time_s`` per phase, ``ran`` (images each phase actually ran on),
+    ``input_space``.  Errors are fractions in [0, 1]."""
     from onnxverify.onnx.reference import OrtModel
+
     from .tied import available_methods
 
-    if isinstance(model, onnx.ModelProto):
-        proto, path = model, None
-        net = Network(import_model(proto), None, proto)
-    else:
-        path = str(model)
-        net = load(path)
-        proto = net.model
+    say = echo or (lambda s: None)
+    keys = [str(m).strip().lower() for m in methods]
+    parsed = {k: parse_method(k) for k in keys}  # validate all names before any work
+    net = _open(model)
+    proto = net.model
+    _check_shapes(net, dataset)
+    space = model_input_space(proto)
+    x_raw, y = dataset.x_test, dataset.y_test
+    if n_test is not None and n_test < x_raw.shape[0]:
+        idx = np.sort(np.random.default_rng(seed).choice(x_raw.shape[0], size=int(n_test), replace=False))
+        x_raw, y = x_raw[idx], y[idx]
+    x, lower, upper = model_inputs(dataset, x_raw, eps, space)
+    n = int(x.shape[0])
+    out: Dict = {"n": n, "eps": float(eps), "clean_err": None, "pgd_err": None, "verified_err": {},
+                 "n_by_method": {}, "strategies": {}, "unavailable": [], "time_s": {}, "ran": {},
+                 "input_space": space, "skip_decided": bool(skip_decided)}
     ort = OrtModel(proto)
-    x, y = _test_arrays(dataset, n_test, seed)
-    n = x.shape[0]
-    n_classes = net.n_outputs
-    out: Dict = {"n": int(n), "eps": float(eps), "clean_err": None, "pgd_err": None, "verified_err": {},
-                 "strategies": {}, "unavailable": [], "time_s": {}}
-    bar = _bar(progress, "evaluate", n * (1 + (1 if pgd else 0) + len(methods)))
 
     t0 = time.perf_counter()
-    pred = np.concatenate([ort(x[s]).reshape(s.stop - s.start, -1).argmax(1) for s in _batches(n, batch_size)])
-    clean_wrong = pred != y
+    bar = _bar(progress, f"eps {eps:g} clean", n)
+    preds = []
+    for s in _batches(n, batch_size):
+        preds.append(ort(x[s]).reshape(s.stop - s.start, -1).argmax(1))
+        bar.update(s.stop - s.start)
+    bar.close()
+    clean_wrong = (np.concatenate(preds) if preds else np.zeros(0, int)) != y
     out["clean_err"] = float(clean_wrong.mean()) if n else 0.0
-    out["time_s"]["clean"] = time.perf_counter() - t0
-    bar.update(n)
-
-    lower, upper = dataset.input_box(x, eps)
-    if pgd:
-        t0 = time.perf_counter()
-        broken = _pgd_onnx(proto, ort, x, y, lower, upper, clean_wrong, pgd_steps, pgd_restarts, batch_size, seed, bar)
-        out["pgd_err"] = float(broken.mean()) if n else 0.0
-        out["time_s"]["pgd"] = time.perf_counter() - t0
+    out["time_s"]["clean"], out["ran"]["clean"] = time.perf_counter() - t0, n
 
     have = available_methods()
-    methods = [m for m in methods if parse_method(m)]  # validate all names before any work
-    for spec in methods:
-        name, strategy = parse_method(spec)
-        key = spec.strip().lower()
+    t0 = time.perf_counter()
+    todo = np.nonzero(~clean_wrong)[0] if skip_decided else np.arange(n)
+    bar = _bar(progress, f"eps {eps:g} ibp", todo.size)
+    ibp_ok = np.zeros(n, dtype=bool)
+    ibp_ok[todo] = _verify(net, lower, upper, y, todo, "ibp", None, batch_size, bar)
+    bar.close()
+    out["time_s"]["ibp"], out["ran"]["ibp"] = time.perf_counter() - t0, int(todo.size)
+    if "ibp" in parsed:
+        out["verified_err"]["ibp"] = float(1.0 - ibp_ok.mean()) if n else 0.0
+        out["n_by_method"]["ibp"], out["strategies"]["ibp"] = n, None
+    say(f"eps {eps:g}: clean error {100 * out['clean_err']:.2f}%, IBP verifies {int(ibp_ok.sum())} of {n}")
+
+    broken = clean_wrong.copy()
+    if pgd:
+        t0 = time.perf_counter()
+        todo = np.nonzero(~clean_wrong & ~ibp_ok)[0] if skip_decided else np.nonzero(~clean_wrong)[0]
+        say(f"eps {eps:g}: PGD {pgd_steps}x{pgd_restarts} on {todo.size} images")
+        bar = _bar(progress, f"eps {eps:g} PGD {pgd_steps}x{pgd_restarts}", todo.size)
+        broken |= _pgd_onnx(proto, ort, x, y, lower, upper, todo, pgd_steps, pgd_restarts, batch_size, seed, bar)
+        bar.close()
+        out["pgd_err"] = float(broken.mean()) if n else 0.0
+        out["time_s"]["pgd"], out["ran"]["pgd"] = time.perf_counter() - t0, int(todo.size)
+
+    for key, (name, strategy) in parsed.items():
+        if name == "ibp":
+            continue
         if name not in have and not (name.startswith("relaxed-crown-") and "relaxed-crown-V" in have):
             out["verified_err"][key] = None
             out["unavailable"].append(key)
-            bar.update(n)
             continue
         t0 = time.perf_counter()
-        verified = np.zeros(n, dtype=bool)
-        for s in _batches(n, batch_size):
-            C = margin_spec(y[s], n_classes)
-            b = net.bounds(Box(lower[s], upper[s]), method=name, spec=C, strategy=strategy)
-            verified[s] = (np.asarray(b.lower).reshape(s.stop - s.start, -1) > 0).all(axis=1)
-            bar.update(s.stop - s.start)
-        out["verified_err"][key] = float(1.0 - verified.mean()) if n else 0.0
-        out["strategies"][key] = strategy
-        out["time_s"][key] = time.perf_counter() - t0
-    bar.close()
+        sample = _sample(n, (method_samples or {}).get(key), seed)
+        undecided = (sample & ~clean_wrong & ~ibp_ok & ~broken) if skip_decided else sample
+        todo = np.nonzero(undecided)[0]
+        say(f"eps {eps:g}: {key} on {todo.size} images (of a sample of {int(sample.sum())})")
+        bar = _bar(progress, f"eps {eps:g} {key}", todo.size)
+        ok = ibp_ok.copy() if skip_decided else np.zeros(n, dtype=bool)
+        ok[todo] = _verify(net, lower, upper, y, todo, name, strategy, LINEAR_BATCH, bar)
+        bar.close()
+        k = int(sample.sum())
+        out["verified_err"][key] = float(1.0 - ok[sample].mean()) if k else 0.0
+        out["n_by_method"][key], out["strategies"][key] = k, strategy
+        out["time_s"][key], out["ran"][key] = time.perf_counter() - t0, int(todo.size)
     return out
 
 
-def _pgd_onnx(proto, ort, x, y, lower, upper, clean_wrong, steps, restarts, batch_size, seed, bar) -> np.ndarray:
-    import onnx2torch
+def _pgd_onnx(proto, ort, x, y, lower, upper, todo, steps, restarts, batch_size, seed, bar) -> np.ndarray:
+    """Broken flags ``(n,)``: images of ``todo`` whose PGD point onnxruntime misclassifies."""
     import torch
+
+    broken = np.zeros(x.shape[0], dtype=bool)
+    if todo.size == 0 or steps <= 0 or restarts <= 0:
+        bar.update(todo.size)
+        return broken
+    module = _torch_module(proto)
+    gen = torch.Generator().manual_seed(int(seed))
+    for s in _batches(todo.size, batch_size):
+        sel = todo[s]
+        xb, yb = torch.from_numpy(x[sel]), torch.from_numpy(y[sel])
+        lo, hi = torch.from_numpy(lower[sel]), torch.from_numpy(upper[sel])
+        hit, x_adv = pgd_attack(module, xb, yb, lo, hi, steps, restarts, generator=gen)
+        hit = hit.numpy()
+        if hit.any():  # replay in onnxruntime: only confirmed points count
+            xa = x_adv.numpy()[hit]
+            broken[sel[hit]] = ort(xa).reshape(xa.shape[0], -1).argmax(1) != y[sel][hit]
+        bar.update(sel.size)
+    return broken
+
+
+def _torch_module(proto):
+    import onnx2torch
 
     from onnxverify.converters import paramramp_torch  # noqa: F401  (onnx2torch converter)
 
     module = onnx2torch.convert(proto).eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(int(seed))
-    n = x.shape[0]
-    broken = clean_wrong.copy()
-    for s in _batches(n, batch_size):
-        todo = np.nonzero(~clean_wrong[s])[0] + s.start
-        if todo.size:
-            xb, yb = torch.from_numpy(x[todo]), torch.from_numpy(y[todo])
-            lo, hi = torch.from_numpy(lower[todo]), torch.from_numpy(upper[todo])
-            hit, x_adv = pgd_attack(module, xb, yb, lo, hi, steps, restarts, generator=gen)
-            hit_idx = hit.numpy()
-            if hit_idx.any():  # replay in onnxruntime: only confirmed points count
-                xa = x_adv.numpy()[hit_idx]
-                confirmed = ort(xa).reshape(xa.shape[0], -1).argmax(1) != y[todo][hit_idx]
-                broken[todo[hit_idx]] = confirmed
-        bar.update(s.stop - s.start)
-    return broken
+    return module
 
 
-def evaluate_tied(net, dataset, eps: float, n_test: Optional[int] = None, batch_size: int = 256,
-                  seed: int = 0, pgd_steps: int = 0, pgd_restarts: int = 1, statuses: bool = False) -> Dict:
-    """Clean and IBP verified error of a :class:`~.tied.TrainableNetwork` (eval mode, current
-    eta) on the test split, with the verifier's IBP run on torch.  Returns ``{"n", "eps",
-    "clean_err", "ibp_err", "verified", "margin_min"}`` (``verified``: the per-example bool
-    array; ``margin_min``: each example's smallest margin lower bound), plus ``pgd_err`` when
-    ``pgd_steps > 0`` (PGD on the torch module, no onnxruntime replay: a training-time
-    estimate) and ``status`` when ``statuses`` (:func:`status_fractions` of the IBP bounds)."""
-    import torch
+def estimate_evaluation(model, dataset, eps_list: Sequence[float], methods: Sequence[str], pgd: bool,
+                        pgd_steps: int, pgd_restarts: int, n_test: Optional[int] = None,
+                        method_samples: Optional[Dict[str, int]] = None, probe: int = 2,
+                        batch_size: int = 256) -> Dict:
+    """Time each phase on ``probe`` test images and extrapolate to the whole evaluation.
 
-    x, y = _test_arrays(dataset, n_test, seed)
-    n = x.shape[0]
-    lower, upper = dataset.input_box(x, eps)
-    was = net.module.training
-    net.eval()
-    wrong = np.zeros(n, dtype=bool)
-    verified = np.zeros(n, dtype=bool)
-    broken = np.zeros(n, dtype=bool)
-    margin_min = np.zeros(n, dtype=np.float64)
-    counts: Dict = {}
-    dev = net.device
-    gen = torch.Generator().manual_seed(int(seed) + 11)
-    try:
-        for s in _batches(n, batch_size):
-            xb = torch.from_numpy(x[s]).to(dev)
-            yb = torch.from_numpy(y[s]).to(dev)
-            lo, hi = torch.from_numpy(lower[s]).to(dev), torch.from_numpy(upper[s]).to(dev)
-            with torch.no_grad():
-                wrong[s] = (net(xb).argmax(1) != yb).cpu().numpy()
-                lb, env = net.margin_bounds(lo, hi, yb, keep_env=statuses)
-                verified[s] = (lb > 0).all(dim=1).cpu().numpy()
-                margin_min[s] = lb.amin(dim=1).double().cpu().numpy()
-                if statuses:
-                    _add_status_counts(counts, net, env)
-            if pgd_steps > 0:
-                hit, _ = pgd_attack(net.module, xb, yb, lo, hi, pgd_steps, pgd_restarts,
-                                    generator=gen if dev.type == "cpu" else None)
-                broken[s] = hit.cpu().numpy()
-    finally:
-        net.module.train(was)
-    out = {"n": int(n), "eps": float(eps), "clean_err": float(wrong.mean()) if n else 0.0,
-           "ibp_err": float(1.0 - verified.mean()) if n else 0.0, "verified": verified, "margin_min": margin_min}
-    if pgd_steps > 0:
-        out["pgd_err"] = float((broken | wrong).mean()) if n else 0.0
-    if statuses:
-        out["status"] = {layer: {k: v / max(c["_total"], 1) for k, v in c.items() if k != "_total"}
-                         for layer, c in counts.items()}
-    return out
+    Returns ``{"n", "phases": [(label, images, seconds per image, worst-case seconds)],
+    "total_s"}`` -- worst case: every phase on every image, i.e. nothing decided early (with
+    ``skip_decided`` a well-trained model usually needs a fraction of it)."""
+    from onnxverify.onnx.reference import OrtModel
 
+    from .tied import available_methods
 
-RELU_STATUSES = ("dead", "unstable", "alive")
-PARAMRAMP_STATUSES = ("left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
+    net = _open(model)
+    _check_shapes(net, dataset)
+    space = model_input_space(net.model)
+    n = dataset.x_test.shape[0] if n_test is None else min(int(n_test), dataset.x_test.shape[0])
+    cheap = max(1, min(32, n))  # images for timing the cheap phases (each timed twice, the second counts)
+    x, lo, hi = model_inputs(dataset, dataset.x_test[:cheap], float(eps_list[0]) if eps_list else 0.0, space)
+    y = dataset.y_test[:cheap]
 
+    def timed(fn, k):
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) / k
 
-def status_codes(l, u, r=None):
-    """Neuron statuses (PAPER_NOTES.md §1) of pre-activation bounds ``l``/``u`` (torch,
-    ``(B, *shape)``): a tensor of indices into :data:`RELU_STATUSES` (``r`` None) or
-    :data:`PARAMRAMP_STATUSES` (``r`` the bend points, broadcast against ``l``, clamped to
-    ``>= 1e-4``).  Where two definitions meet the dead statuses win."""
-    import torch
+    phases = []
+    ort = OrtModel(net.model)
+    phases.append(("clean (onnxruntime)", n, timed(lambda: ort(x), cheap)))
+    idx = np.arange(cheap)
+    phases.append(("ibp (onnxverify)", n, timed(lambda: _verify(net, lo, hi, y, idx, "ibp", None, batch_size, _NoBar()),
+                                              cheap)))
+    if pgd:
+        import torch
+        import torch.nn.functional as F
 
-    if r is None:
-        code = torch.ones_like(l, dtype=torch.int8)
-        code[(l >= 0) & (u > 0)] = 2
-        code[u <= 0] = 0
-        return code
-    r = r.clamp_min(1e-4)
-    left_dead = u <= 0
-    right_dead = (l >= r) & ~left_dead
-    rest = ~(left_dead | right_dead)
-    code = torch.full_like(l, 5, dtype=torch.int8)
-    code[rest & (l < 0) & (u <= r)] = 1
-    code[rest & (l >= 0) & (u <= r)] = 2
-    code[rest & (l >= 0) & (u > r)] = 3
-    code[left_dead] = 0
-    code[right_dead] = 4
-    return code
+        module = _torch_module(net.model)
+        xb, yb = torch.from_numpy(x), torch.from_numpy(y)
 
+        def step():
+            xa = xb.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(module(xa).reshape(cheap, -1), yb), xa)
 
-def _add_status_counts(counts: Dict, net, env) -> None:
-    """Accumulate per-layer status counts ``{layer: {status: count, "_total": n}}`` from the
-    IBP bounds ``env`` of the activations' inputs."""
-    import torch
-
-    for node in net.activation_nodes:
-        if node.op not in ("Relu", "LeakyRelu", "ParamRamp"):
+        phases.append((f"PGD {pgd_steps}x{pgd_restarts}", n, timed(step, cheap) * pgd_steps * pgd_restarts))
+    have = available_methods()
+    k = max(1, min(probe, n))
+    for spec in methods:
+        name, strategy = parse_method(spec)
+        if name == "ibp" or name not in have:
             continue
-        l, u = env[node.inputs[0]]
-        names = PARAMRAMP_STATUSES if node.op == "ParamRamp" else RELU_STATUSES
-        r = None
-        if node.op == "ParamRamp":
-            r = torch.as_tensor(node.params["r"]).to(l.device, l.dtype)
-        code = status_codes(l, u, r)
-        c = counts.setdefault(node.name, {"_total": 0})
-        c["_total"] += int(code.numel())
-        for k, name in enumerate(names):
-            c[name] = c.get(name, 0) + int((code == k).sum())
+        m = min(n, (method_samples or {}).get(spec, n))
+        t0 = time.perf_counter()
+        _verify(net, lo, hi, y, np.arange(k), name, strategy, LINEAR_BATCH, _NoBar())
+        phases.append((f"{spec} (onnxverify)", m, (time.perf_counter() - t0) / k))
+    rows = [(label, m, per, per * m) for label, m, per in phases]
+    rows = [(label, m, per, total * max(1, len(eps_list))) for label, m, per, total in rows]
+    return {"n": n, "eps": list(eps_list), "phases": rows, "total_s": sum(r[3] for r in rows)}
+
+
+def format_estimate(est: Dict) -> str:
+    """A few lines: the evaluation plan with worst-case times per phase."""
+    eps = ", ".join(f"{e:g}" for e in est["eps"])
+    lines = [f"final evaluation at eps {eps} on {est['n']} test images, worst case (nothing decided early) "
+             f"about {format_duration(est['total_s'])}:"]
+    for label, m, per, total in est["phases"]:
+        lines.append(f"  {label:<26} {m:>6} images x {len(est['eps'])} eps, {per * 1e3:8.1f} ms/image  "
+                     f"<= {format_duration(total)}")
+    lines.append("  (PGD and the linear methods only run on the images the cheaper phases leave undecided; "
+                 "shorten with --n-test, --methods ibp, --no-pgd or --no-eval)")
+    return "\n".join(lines)
 
 
 class _NoBar:
@@ -305,4 +348,4 @@ def _bar(progress: bool, desc: str, total: int):
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="ex", leave=False)
+    return tqdm(total=total, desc=desc, unit="img", leave=False)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +115,13 @@ class _Meter:
     def mean(self, key: str) -> Optional[float]:
         return self.sums[key] / self.counts[key] if self.counts.get(key) else None
 
+    def reduce(self, dist, device) -> None:
+        """Sum the sums and counts over the processes of a data-parallel run."""
+        both = dist.sum_values({**{"s:" + k: v for k, v in self.sums.items()},
+                                **{"c:" + k: float(v) for k, v in self.counts.items()}}, device)
+        self.sums = {k[2:]: v for k, v in both.items() if k.startswith("s:")}
+        self.counts = {k[2:]: int(round(v)) for k, v in both.items() if k.startswith("c:")}
+
 
 def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = False,
           dataset: Optional[Dataset] = None, echo: Optional[Callable[[str], None]] = print,
@@ -127,8 +133,10 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
     epoch (None: silent).  ``evaluate``: evaluate the exported file (clean/PGD/verified).
     """
     rec = config.recipe
-    if rec.method not in ("ibp", "crown-ibp"):
-        raise ValueError(f"method must be 'ibp' or 'crown-ibp', got {rec.method!r}")
+    from .schedules import TRAIN_METHODS
+
+    if rec.method not in TRAIN_METHODS:
+        raise ValueError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {rec.method!r}")
     if rec.method == "crown-ibp" and "crown-ibp" not in available_methods():
         raise ValueError("method 'crown-ibp' is not available in this onnxverify (bound methods: "
                          f"{', '.join(available_methods())}); use --method ibp")
@@ -139,6 +147,15 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
         parse_method(m)  # a typo fails now, not after training
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} requested but torch sees no CUDA device")
+    from .distributed import from_env
+
+    dist = from_env(config.device)
+    main = dist is None or dist.is_main
+    device = config.device
+    if dist is not None and device.startswith("cuda"):
+        device = f"cuda:{dist.local_rank}"
+    if not main:
+        say, output = (lambda s: None), None
     workdir = Path(workdir) if workdir is not None else (default_workdir(output) if output is not None else None)
     ckpt_path = workdir / CHECKPOINT if workdir is not None else None
     log_path = workdir / LOG if workdir is not None else None
@@ -149,7 +166,7 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"no checkpoint to resume from at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location=config.device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
         proto = onnx.load_model_from_string(state["model_onnx"])
         if state.get("config") != config.to_dict():
             say("note: the configuration differs from the checkpoint's; continuing with the new one")
@@ -158,8 +175,10 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
         torch.set_num_threads(int(config.threads))
     torch.manual_seed(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
-    net = TrainableNetwork(proto, device=config.device)
+    net = TrainableNetwork(proto, device=device)
     check_compatible(net, ds)
+    if output is not None and evaluate and state is None:
+        _say_plan(proto, ds, config, say)
     if config.reinit != "keep" and state is None:
         from .init import default_init_, ibp_init_
 
@@ -186,7 +205,11 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
         from .init import paramramp_linear_mode_
 
         paramramp_linear_mode_(net)  # LeakyReLU(eta) until eps starts
-    if workdir is not None:
+    if dist is not None:
+        dist.broadcast_parameters(list(net.module.parameters()) + list(net.module.buffers()))
+        say(f"data-parallel training on {dist.world} processes ({dist.backend}); batch {rec.batch_size} split "
+            f"into shards of about {math.ceil(rec.batch_size / dist.world)}")
+    if workdir is not None and main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         with open(log_path, "w") as f:  # rewrite: drops lines of epochs after the checkpoint
@@ -219,10 +242,14 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
                 net.set_eta(eta)
                 if not r_ready and eps_t > 0:
                     means = _init_r(net, ds, config)
+                    if dist is not None:
+                        dist.broadcast_parameters([m.r for m in net.paramramps])
                     r_ready = True
                     say(f"epoch {epoch + 1}: ParamRamp r initialised from mean activations (layer means "
                         + ", ".join(f"{m:.3g}" for m in means) + ")")
                     net.train()
+                if dist is not None:
+                    xb, yb = xb[dist.shard(xb.shape[0])], yb[dist.shard(yb.shape[0])]
                 x = torch.from_numpy(ds.normalize(xb)).to(net.device)
                 y = torch.from_numpy(yb).to(net.device)
                 lower = torch.maximum(x - eps_t * eps_scale, low)
@@ -231,13 +258,18 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
                     rec.reg_lambda > 0 and eps_t > 0 and eps_s.in_ramp(t)) else 0.0
                 with r_noise(net, config.r_noise if eps_t > 0 else 0.0, gen):
                     terms = certified_loss(net, x, y, lower, upper, eps=eps_t, kappa=k, method=rec.method, beta=beta,
-                                           crown_strategy=config.crown_strategy, reg_weight=reg_w, reg_tau=rec.reg_tau)
+                                           crown_strategy=config.crown_strategy, reg_weight=reg_w, reg_tau=rec.reg_tau,
+                                           mtl_alpha=rec.mtl_alpha, sabr_lambda=rec.sabr_lambda,
+                                           adv_steps=rec.adv_steps, eps_scale=eps_scale, generator=gen)
                     loss_value = float(terms.loss.detach())
-                    if not math.isfinite(loss_value):
+                    finite = math.isfinite(loss_value) if dist is None else dist.all_finite(loss_value, net.device)
+                    if not finite:
                         raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, batch {i + 1} "
                                                  "(lower the learning rate or slow down the eps ramp)")
                     opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
+                if dist is not None:
+                    dist.average_gradients(params, x.shape[0])
                 if rec.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, rec.grad_clip)
                 opt.step()
@@ -247,25 +279,29 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
                 meter.add("train_clean_err", float((terms.logits.argmax(1) != y).float().mean()), bsz)
                 if terms.robust is not None:
                     meter.add("loss_robust", float(terms.robust.detach()), bsz)
-                    meter.add("train_ibp_verified_err" if rec.method == "ibp" else "train_verified_err",
+                    meter.add("train_ibp_verified_err" if rec.method in ("ibp", "mtl-ibp") else "train_verified_err",
                               float(1.0 - (terms.margin_lower > 0).all(dim=1).float().mean()), bsz)
                 if terms.reg is not None:
                     meter.add("loss_reg", float(terms.reg.detach()), bsz)
-                    for key, v in terms.info.items():
-                        meter.add(key, v, bsz)
+                for key, v in terms.info.items():
+                    meter.add(key, v, bsz)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", eps=f"{eps_t:.3g}", refresh=False)
             bar.close()
+            if dist is not None:
+                meter.reduce(dist, net.device)
             train_time = time.perf_counter() - t_epoch
             record = {"epoch": epoch + 1, "lr": lr, "eps": eps_t, "kappa": k, "beta": beta,
                       "eta": eta, "r_initialised": bool(r_ready)}
-            for key in ("loss", "loss_clean", "loss_robust", "loss_reg", "reg_tightness", "reg_relu",
+            for key in ("loss", "loss_clean", "loss_robust", "loss_adv", "loss_ibp", "loss_reg", "reg_tightness", "reg_relu",
                         "train_clean_err", "train_ibp_verified_err", "train_verified_err"):
                 v = meter.mean(key)
                 if v is not None:
                     record[key] = v
             record["time_s"] = train_time
-            if config.eval_samples != 0:
+            if dist is not None:
+                record["processes"] = dist.world
+            if config.eval_samples != 0 and main:
                 from .evaluate import evaluate_tied
 
                 t0 = time.perf_counter()
@@ -282,10 +318,12 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
                 record["eval_time_s"] = time.perf_counter() - t0
             history.append(record)
             say(_summary(record, rec.epochs))
-            if log_path is not None:
+            if dist is not None:
+                dist.barrier()  # rank 0 evaluated; the others wait here
+            if log_path is not None and main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-            if ckpt_path is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == rec.epochs):
+            if ckpt_path is not None and main and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == rec.epochs):
                 _atomic_save({"version": 1, "epoch": epoch + 1, "module": net.module.state_dict(),
                               "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                               "generator": gen.get_state(), "r_ready": r_ready, "history": history,
@@ -294,13 +332,30 @@ def train(model, config: TrainConfig, output=None, workdir=None, resume: bool = 
         where = f"; resume with --resume (checkpoint {ckpt_path})" if ckpt_path is not None else ""
         say(f"interrupted after {len(history)} epoch(s){where}")
         raise
+    finally:
+        if dist is not None:
+            dist.close()
 
     final_eta = eta_s.value(float(rec.epochs))
     net.set_eta(final_eta)
     result = TrainResult(net=net, history=history, config=config, workdir=workdir)
     if output is not None:
-        _finish(result, proto, ds, Path(output), evaluate, say)
+        from .finish import finish
+
+        done = finish(net, history, config, proto, ds, Path(output), evaluate=evaluate, say=say)
+        result.output, result.export_check = Path(output), done["export_check"]
+        result.evaluation, result.card = done["evaluation"], done["card"]
     return result
+
+
+def _say_plan(proto, ds: Dataset, config: TrainConfig, say) -> None:
+    """Print the final evaluation's plan (labelled phases, worst-case time) before training."""
+    from .evaluate import estimate_evaluation, format_estimate
+
+    rec = config.recipe
+    est = estimate_evaluation(proto, ds, tuple(rec.eps_test or (rec.eps_train,)), config.verify_methods, config.pgd,
+                              config.pgd_steps, config.pgd_restarts, n_test=config.n_test)
+    say(format_estimate(est) + "\n  (timed on the untrained model; the plan is printed again before the evaluation)")
 
 
 def _init_r(net, ds: Dataset, config: TrainConfig) -> list:
@@ -312,65 +367,6 @@ def _init_r(net, ds: Dataset, config: TrainConfig) -> list:
     batches = (torch.from_numpy(xs[s:s + config.eval_batch_size]).to(net.device)
                for s in range(0, n, config.eval_batch_size))
     return init_paramramp_r_(net, batches, floor=config.r_floor)
-
-
-def _finish(result: TrainResult, proto, ds: Dataset, output: Path, evaluate: bool, say) -> None:
-    from .evaluate import evaluate_onnx
-    from .export import export_trained, write_model_card
-    from .models import model_metadata
-
-    cfg, rec, net = result.config, result.config.recipe, result.net
-    output.parent.mkdir(parents=True, exist_ok=True)
-    check_x = ds.normalize(ds.x_test[: min(64, ds.x_test.shape[0])])
-    _, report = export_trained(net, output, check_inputs=check_x,
-                               metadata={"onnxverify.trained_eps": repr(rec.eps_train),
-                                         "onnxverify.trained_method": rec.method,
-                                         "onnxverify.data_mean": json.dumps(ds.mean.tolist()),
-                                         "onnxverify.data_std": json.dumps(ds.std.tolist())})
-    result.output, result.export_check = output, report
-    say(f"exported {output} (onnxruntime vs torch max abs err {report['max_abs_err_ort_vs_torch']:.2g})")
-    evals = {}
-    if evaluate:
-        for eps in (rec.eps_test or (rec.eps_train,)):
-            ev = evaluate_onnx(output, ds, eps, methods=cfg.verify_methods, pgd=cfg.pgd, pgd_steps=cfg.pgd_steps,
-                               pgd_restarts=cfg.pgd_restarts, n_test=None,
-                               batch_size=cfg.eval_batch_size, seed=cfg.seed, progress=cfg.progress)
-            evals[f"{eps:g}"] = ev
-            say(format_eval(ev))
-    result.evaluation = evals
-    meta = model_metadata(proto)
-    times = [h["time_s"] for h in result.history]
-    result.card = {
-        "architecture": meta.get("architecture", "custom"),
-        "activation": net.activation_kind(),
-        "batchnorm": meta.get("batchnorm", str(any(n.op == "Affine" for n in net.graph.nodes)).lower()),
-        "init": meta.get("init"),
-        "input_shape": list(net.input_shape),
-        "num_classes": net.num_classes,
-        "final_eta": float(result.net.paramramps[0].eta) if net.paramramps else (
-            float(net.leakys[0].negative_slope) if net.leakys else None),
-        "data": {"name": ds.name, "spec": cfg.data, "n_train": int(ds.x_train.shape[0]), "n_test": int(ds.x_test.shape[0]),
-                 "mean": ds.mean.tolist(), "std": ds.std.tolist(), "data_range": list(ds.data_range),
-                 "input_note": "the model takes normalised inputs (x - mean) / std; eps is in raw pixel units"},
-        "training": {"method": rec.method, "eps_train": rec.eps_train, "eps_test": list(rec.eps_test),
-                     "epochs": len(result.history), "config": cfg.to_dict(),
-                     "time_per_epoch_s": float(np.mean(times)) if times else None,
-                     "final_log": result.history[-1] if result.history else None},
-        "final_errors": evals,
-        "export_check": report,
-        "versions": _versions(),
-    }
-    path = write_model_card(output, result.card)
-    say(f"wrote {path}")
-
-
-def format_eval(ev: Dict) -> str:
-    parts = [f"eps {ev['eps']:g} on {ev['n']} test images: clean {100 * ev['clean_err']:.2f}%"]
-    if ev.get("pgd_err") is not None:
-        parts.append(f"PGD {100 * ev['pgd_err']:.2f}%")
-    for m, v in ev["verified_err"].items():
-        parts.append(f"{m} verified {'unavailable' if v is None else f'{100 * v:.2f}%'}")
-    return ", ".join(parts)
 
 
 def _summary(r: Dict, epochs: int) -> str:
@@ -388,15 +384,6 @@ def _summary(r: Dict, epochs: int) -> str:
         if "test_pgd_err" in r:
             s += f"  PGD err {100 * r['test_pgd_err']:.2f}%"
     return s + f"  {r['time_s']:.1f}s"
-
-
-def _versions() -> Dict[str, str]:
-    import onnxruntime
-
-    import onnxverify
-
-    return {"onnxverify": getattr(onnxverify, "__version__", "?"), "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]}
 
 
 def _progress(enabled: bool, total: int, desc: str):
