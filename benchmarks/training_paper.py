@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 MNIST_DIR = HERE.parents[1] / "shared" / "data" / "mnist"
 PAPER_DM_LARGE = {  # PAPER_NOTES.md §5: verified error % at eps 0.4, DM-large
     ("ibp", "relu"): 14.80, ("ibp", "paramramp"): 10.90, ("crown-ibp", "relu"): 12.06, ("crown-ibp", "paramramp"): 10.68}
+#: the preset of each training method (MTL-IBP's / SABR's hyper-parameters)
+PRESET_OF_METHOD = {"ibp": "mnist-paper", "crown-ibp": "mnist-paper", "mtl-ibp": "mnist-mtl-ibp", "sabr": "mnist-sabr"}
 LABEL = {"relu": "ReLU", "leaky": "LeakyReLU(0.01->0)", "paramramp": "ParamRamp(0.01->0)"}
 
 
@@ -55,19 +57,22 @@ def run_name(spec: Dict[str, str], args) -> str:
 
 
 def make_run_config(spec: Dict[str, str], args):
-    """The ``mnist-paper`` recipe on ``spec``'s method; ``--epochs`` below 200 scales the
-    schedule (clean epochs, ramp, lr milestones) proportionally."""
+    """The ``mnist-paper`` recipe (``mnist-mtl-ibp`` / ``mnist-sabr`` for those methods) on
+    ``spec``'s method; ``--epochs`` below 200 scales the schedule (clean epochs, ramp, lr
+    milestones) proportionally.  ``--settings`` (JSON) overrides any config field."""
     from onnxverify.training.config import make_config
     from onnxverify.training.schedules import get_preset
 
-    p = get_preset("mnist-paper")
+    preset = PRESET_OF_METHOD.get(spec["method"], "mnist-paper")
+    p = get_preset(preset)
     scale = args.epochs / p.epochs
     over = {}
-    if args.epochs != p.epochs:
-        over = dict(epochs=args.epochs, eps_start=round(p.eps_start * scale), eps_ramp=max(1, round(p.eps_ramp * scale)),
-                    lr_milestones=tuple(max(1, round(m * scale)) for m in p.lr_milestones))
+    if args.epochs != p.epochs:  # the same schedule in fewer epochs (at least one clean epoch)
+        over = dict(epochs=args.epochs, eps_start=max(1, round(p.eps_start * scale)),
+                    eps_ramp=max(1, round(p.eps_ramp * scale)),
+                    lr_milestones=tuple(max(1, min(args.epochs - 1, round(m * scale))) for m in p.lr_milestones))
     extra = json.loads(args.settings) if args.settings else {}
-    return make_config("mnist-paper", data=f"mnist:{args.mnist_dir}", method=spec["method"], n_train=args.n_train,
+    return make_config(preset, data=f"mnist:{args.mnist_dir}", method=spec["method"], n_train=args.n_train,
                        seed=args.seed, threads=args.threads, progress=False, eval_samples=args.eval_samples,
                        eval_pgd_steps=args.eval_pgd_steps, eval_pgd_restarts=1, eval_eps=0.4, **over, **extra)
 

@@ -293,7 +293,7 @@ def test_two_process_data_parallel_run_matches_one_process(tmp_path):
     model = tmp_path / "m.onnx"
     onnx.save(build_model("mlp", "paramramp", input_shape=(1, 8, 8), hidden=(24,)), str(model))
     common = ["train", str(model), "--data", "digits", "--n-train", "256", "--n-test", "40", "--eps", "0.05",
-              "--epochs", "3", "--eps-start", "1", "--eps-ramp", "1", "--batch-size", "64", "--threads", "1",
+              "--epochs", "2", "--eps-start", "1", "--eps-ramp", "1", "--batch-size", "64", "--threads", "1",
               "--eval-samples", "40", "--no-eval", "--no-progress", "--kappa-end", "0.5"]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     code = "from onnxverify.cli import main; main()"
@@ -306,7 +306,7 @@ def test_two_process_data_parallel_run_matches_one_process(tmp_path):
         runs[nproc] = [json.loads(x) for x in (tmp_path / f"p{nproc}.train" / "log.jsonl").read_text().splitlines()]
         assert (tmp_path / f"p{nproc}.onnx").is_file()
     one, two = runs[1], runs[2]
-    assert [r["epoch"] for r in two] == [1, 2, 3] and two[0].get("processes") == 2
+    assert [r["epoch"] for r in two] == [1, 2] and two[0].get("processes") == 2
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4)
         assert b["train_clean_err"] == pytest.approx(a["train_clean_err"], abs=1e-9)
