@@ -2,6 +2,10 @@
 
     python examples/paramramp_example.py [--out DIR] [--eps 0.005] [--steps 300]
 
+Outputs (the ONNX model, the test image, the status plot) go to ``--out DIR`` (created if
+needed); without it, to a new temporary folder whose path is printed. Nothing is written to
+the current directory.
+
 1. builds a small conv net with ParamRamp activations in torch and trains it briefly on
    scikit-learn's 8x8 digits (random data if scikit-learn is missing);
 2. half way, sets every neuron's bend point ``r`` to its mean activation (the paper's recipe)
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -79,11 +84,15 @@ def set_r_to_mean_activation(net, x):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="paramramp_example_out", help="output folder (model, input, plot)")
+    ap.add_argument("--out", default=None,
+                    help="output folder for the model, input and plot (default: a new temporary folder)")
     ap.add_argument("--eps", type=float, default=0.005, help="l_inf radius (pixels in [0, 1])")
     ap.add_argument("--steps", type=int, default=300, help="training steps")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="paramramp_example_")
     os.makedirs(args.out, exist_ok=True)
+    print(f"outputs go to {args.out}")
     model_path = os.path.join(args.out, "paramramp_digits.onnx")
 
     # 1-2. torch: build, train, r at mean activations, train on
@@ -144,7 +153,7 @@ def main(argv=None):
     except ImportError as e:
         print(f"\n(no plot: {e})")
     print(f"same from the shell:  onnxverify stats {model_path} --input {os.path.join(args.out, 'x0.npy')} "
-          f"--eps {args.eps} --clip 0 1 --method crown --strategy tight --plot status.png")
+          f"--eps {args.eps} --clip 0 1 --method crown --strategy tight --plot {os.path.join(args.out, 'status_cli.png')}")
 
 
 def _table(headers, rows):

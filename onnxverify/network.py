@@ -21,6 +21,7 @@ class CheckReport:
     max_rel_error: float
     n_samples: int
     ok: bool
+    n_nonfinite: int = 0  # output values that are Inf/NaN in onnxruntime (and the same in the IR when ok)
 
 
 class Network:
@@ -51,15 +52,24 @@ class Network:
         return int(np.prod(self.output_shape, dtype=np.int64))
 
     def prepare_input(self, x) -> np.ndarray:
-        """``x`` as ``(batch, *input_shape)`` float32, accepting an unbatched or flat sample."""
+        """``x`` as ``(batch, *input_shape)`` float32.
+
+        Accepted: one sample of exactly ``input_shape``, a batch ``(B, *input_shape)``, or flat
+        C-order vectors ``(n_inputs,)`` / ``(B, n_inputs)`` (VNN-LIB's ``X_i`` order). Any
+        other shape — also one with the right number of values, such as a CHW image for an
+        HWC model — raises :class:`~onnxverify.errors.InputError` naming both shapes.
+        """
         from .specs.input_sets import _batch
 
         x = np.asarray(x)
         if x.dtype.kind not in "fiu":
-            raise InputError(f"input has dtype {x.dtype}, expected numbers")
-        if not np.isfinite(x).all():
+            raise InputError(f"input has dtype {x.dtype}, expected real numbers (float or int)")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise InputError(f"input contains {int((~np.isfinite(x)).sum())} NaN/Inf value(s)")
-        return _batch("input", x, self.input_shape).astype(np.float32)
+        xb = _batch("input", x, self.input_shape)
+        if not np.isfinite(xb.astype(np.float32)).all():
+            raise InputError("input has values beyond the float32 range (|x| > 3.4e38)")
+        return xb.astype(np.float32)
 
     def forward(self, x, backend=None, dtype=np.float32):
         """Network output ``(batch, *output_shape)`` for ``x`` ``(batch, *input_shape)``."""
@@ -77,6 +87,13 @@ class Network:
         bk = get_backend(backend)
         if bk.name == "numpy" or backend is None:
             b.lower, b.upper = bk.to_numpy(b.lower), bk.to_numpy(b.upper)
+            # overflow (inf - inf in float32 on huge weights) can leave NaN: the sound reading
+            # of an unknown bound is -inf / +inf; ``info["nan_bounds"]`` counts them
+            bad = np.isnan(b.lower) | np.isnan(b.upper)
+            if bad.any():
+                b.lower = np.where(np.isnan(b.lower), -np.inf, b.lower)
+                b.upper = np.where(np.isnan(b.upper), np.inf, b.upper)
+                b.info["nan_bounds"] = int(bad.sum())
         return b
 
     def neuron_status(self, input_set, method="ibp", strategy=None, **kw):
@@ -86,16 +103,48 @@ class Network:
         return neuron_status(self, input_set, method, strategy, **kw)
 
     def check(self, n_samples: int = 8, rtol: float = 1e-5, atol: float = 1e-5, seed: int = 0, low=-1.0, high=1.0) -> CheckReport:
-        """Compare IR forward with onnxruntime on random inputs in ``[low, high]``."""
+        """Compare IR forward with onnxruntime on random inputs in ``[low, high]``.
+
+        Raises :class:`~onnxverify.errors.InputError` for ``n_samples < 1`` or ``low > high``
+        and :class:`~onnxverify.errors.ModelError` when onnxruntime cannot run the model.
+        """
+        from .errors import ModelError
         from .onnx.reference import OrtModel
 
-        ort = OrtModel(self.model if self.model is not None else self.path)
+        if int(n_samples) < 1:
+            raise InputError(f"the check needs at least one sample, got {n_samples}")
+        if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+            raise InputError(f"the check's input range [{low}, {high}] is not a finite interval")
+        if not (rtol >= 0 and atol >= 0):
+            raise InputError(f"tolerances must be >= 0, got rtol {rtol}, atol {atol}")
+        n_samples = int(n_samples)
+        try:
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(4)  # failures become one ModelError line, not a log dump
+            ort = OrtModel(self.model if self.model is not None else self.path)
+        except Exception as e:
+            raise ModelError(f"onnxruntime cannot load the model: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:400]}") from None
+        try:
+            ref = ort(np.random.default_rng(seed).uniform(low, high, (n_samples,) + self.input_shape)
+                      .astype(np.float32))
+        except Exception as e:
+            raise ModelError(f"onnxruntime cannot run the model on inputs of shape {(n_samples,) + self.input_shape}: "
+                             f"{type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
         x = np.random.default_rng(seed).uniform(low, high, (n_samples,) + self.input_shape).astype(np.float32)
-        ours = self.forward(x).reshape(n_samples, -1).astype(np.float64)
-        ref = ort(x).reshape(n_samples, -1).astype(np.float64)
-        err = np.abs(ours - ref)
-        return CheckReport(float(err.max()), float((err / (np.abs(ref) + 1e-12)).max()), n_samples,
-                           bool(np.all(err <= atol + rtol * np.abs(ref))))
+        with np.errstate(all="ignore"):  # overflowing weights: compared below, not warned about
+            ours = self.forward(x).reshape(n_samples, -1).astype(np.float64)
+            ref = np.asarray(ref).reshape(n_samples, -1).astype(np.float64)
+            if ref.shape != ours.shape:
+                raise ModelError(f"onnxruntime gives {ref.shape[1]} output values per sample, the IR {ours.shape[1]}")
+            # equal infinities and NaN in both count as agreement; the finite values are compared
+            same = (ours == ref) | (np.isnan(ours) & np.isnan(ref))
+            err = np.where(same, 0.0, np.abs(ours - ref))
+            err = np.where(np.isnan(err), np.inf, err)
+            rel = err / (np.abs(np.where(np.isfinite(ref), ref, 0.0)) + 1e-12)
+            ok = bool(np.all(same | (err <= atol + rtol * np.abs(ref))))
+        return CheckReport(float(err.max()), float(rel.max()), n_samples, ok, int((~np.isfinite(ref)).sum()))
 
     def __repr__(self):
         name = os.path.basename(self.path) if self.path else "<model>"

@@ -30,6 +30,48 @@ def benchmark_instances():
 needs_bench = pytest.mark.skipif(not BENCH.is_dir(), reason="../shared/benchmarks is absent")
 
 
+# ---------------------------------------------------------------------------------------------
+# fuzzing budget: a small fixed one in the normal suite, more with `pytest --fuzz-long`
+# ---------------------------------------------------------------------------------------------
+FUZZ = {"long": False, "factor": 1}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the fuzz tests (tests/test_fuzz_*.py) with a long budget, randomised")
+    parser.addoption("--fuzz-factor", type=int, default=20,
+                     help="with --fuzz-long: how many times the normal suite's fuzz cases to run (default 20)")
+
+
+def pytest_configure(config):
+    FUZZ["long"] = bool(config.getoption("--fuzz-long"))
+    FUZZ["factor"] = max(1, int(config.getoption("--fuzz-factor"))) if FUZZ["long"] else 1
+
+
+@pytest.fixture(scope="session")
+def cli_worker(tmp_path_factory):
+    """One worker process for every fuzz test: runs ``onnxverify`` command lines with a time
+    limit per case (tests/fuzz_worker.py)."""
+    from fuzz_worker import ROOT, Worker
+
+    with Worker(tmp_path_factory.mktemp("fuzz_cwd")) as w:
+        w._start()
+        assert w.package.startswith(ROOT), f"the worker runs {w.package}, not this checkout"
+        yield w
+
+
+def fuzz_settings(n: int, **kw):
+    """Hypothesis settings for a fuzz test with ``n`` cases in the normal suite: derandomised
+    there (the same cases every run, so CI is deterministic); ``--fuzz-long`` runs
+    ``n * --fuzz-factor`` random cases. Read at import time, after pytest_configure."""
+    from hypothesis import HealthCheck, settings
+
+    long = FUZZ["long"]
+    return settings(max_examples=n * FUZZ["factor"], deadline=None, derandomize=not long,
+                    database=None if not long else settings.default.database, print_blob=True,
+                    suppress_health_check=list(HealthCheck), **kw)
+
+
 def torch_available():
     try:
         import torch  # noqa: F401

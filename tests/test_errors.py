@@ -115,3 +115,153 @@ def test_api_errors():
         ov.Box(np.ones(3), np.zeros(3))
     with pytest.raises(ov.ModelError):
         ov.load("/nonexistent/model.onnx")
+
+
+# ----------------------------------------------------------------------------- issue 14: input layout
+def _nhwc_model(tmp_path):
+    model, _ = nets.nhwc_shape_chain(0)  # input (6, 6, 2): channels last
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_wrong_layout_is_refused_with_both_shapes(tmp_path):
+    path = _nhwc_model(tmp_path)
+    x = tmp_path / "chw.npy"
+    np.save(x, np.zeros((2, 6, 6), np.float32))  # the right size, channels first
+    code, out = run(["bounds", str(path), "--input", str(x), "--eps", "0.1"])
+    assert code == 2
+    assert_one_line_error(code, out, "(2, 6, 6)", "(6, 6, 2)", "np.transpose(x, (1, 2, 0))")
+
+
+@pytest.mark.parametrize("shape, batch", [((6, 6, 2), 1), ((3, 6, 6, 2), 3), ((72,), 1), ((4, 72), 4)])
+def test_accepted_input_shapes(tmp_path, shape, batch):
+    """Exactly these: one sample, a batch, a flat C-order vector, a batch of flat vectors."""
+    net = ov.load(_nhwc_model(tmp_path))
+    x = np.random.default_rng(0).uniform(0, 1, shape)
+    xb = net.prepare_input(x)
+    assert xb.shape == (batch, 6, 6, 2) and xb.dtype == np.float32
+    np.testing.assert_array_equal(xb.reshape(-1), x.astype(np.float32).reshape(-1))  # C order, no transpose
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6), (6, 2, 6), (1, 2, 6, 6), (6, 12), (72, 1), (1, 1, 72), (0, 6, 6, 2),
+                                   (5,), ()])
+def test_refused_input_shapes(tmp_path, shape):
+    net = ov.load(_nhwc_model(tmp_path))
+    with pytest.raises(ov.InputError, match=r"\(6, 6, 2\)|empty batch"):
+        net.prepare_input(np.zeros(shape))
+
+
+def test_unit_axes_are_named_in_the_fix(tmp_path, model_file):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((4, 4), np.float32))  # the model takes (1, 4, 4)
+    assert_one_line_error(*run(["bounds", str(model_file), "--input", str(x), "--eps", "0.1"]),
+                          "(4, 4)", "(1, 4, 4)", "x.reshape((1, 4, 4))")
+
+
+def test_input_sets_apply_the_same_rule():
+    with pytest.raises(ov.InputError, match="per sample"):
+        ov.Box(np.zeros((3, 4)), np.ones((3, 4))).batched((4, 3))
+    assert ov.Box(np.zeros(12), np.ones(12)).batched((4, 3)).lower.shape == (1, 4, 3)  # a flat VNN-LIB box
+
+
+# ----------------------------------------------------------------------------- issue 14: --clip
+def test_clip_low_above_high_is_refused():
+    code, out = run(["bounds", "--clip", "1", "0"])
+    assert code == 2
+    assert_one_line_error(code, out, "LO 1 is above HI 0")
+    with pytest.raises(ov.InputError, match="above"):
+        ov.LinfBall(np.zeros(3), 0.1, clip=(1.0, 0.0))
+
+
+def test_sample_outside_the_clip_range_is_refused_with_the_count():
+    code, out = run(["bounds", "--clip", "0.5", "0.6"])  # the bundled image spans [0, 1]
+    assert code == 2
+    assert_one_line_error(code, out, "of 64 input value(s) lie outside the clip range [0.5, 0.6]")
+    assert "verified robust" not in out
+
+
+def test_clip_keeps_the_sample_and_never_gives_an_empty_box():
+    x0 = np.array([0.0, 0.5, 1.0, 1.0 + 1e-9])  # the last one: float rounding, within CLIP_SLACK
+    b = ov.LinfBall(x0, 0.1, clip=(0.0, 1.0))
+    assert (b.lower <= b.upper).all() and (b.lower <= np.minimum(x0, 1.0)).all()
+    np.testing.assert_allclose(b.upper[:3], [0.1, 0.6, 1.0])
+    with pytest.raises(ov.InputError, match="1 of 4"):
+        ov.LinfBall(np.array([0.0, 0.5, 1.0, 1.2]), 0.1, clip=(0.0, 1.0))
+    with pytest.raises(ov.InputError, match="NaN"):
+        ov.LinfBall(x0, 0.1, clip=(np.nan, 1.0))
+
+
+# ----------------------------------------------------------------------------- issue 14: one error policy
+def test_unknown_backend_is_a_user_error():
+    assert_one_line_error(*run(["bounds", "--backend", "foo"]), "unknown backend 'foo'")
+    code, _ = run(["bounds", "--backend", "foo"])
+    assert code == 2
+
+
+def test_missing_torch_for_backend_is_a_user_error(monkeypatch):
+    import sys
+
+    import onnxverify.backend as B
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setattr(B, "_BACKENDS", {"numpy": B.NUMPY})
+    code, out = run(["bounds", "--backend", "torch"])
+    assert code == 2
+    assert_one_line_error(code, out, "needs torch", "pip install")
+
+
+def test_missing_cupy_for_backend_is_a_user_error(monkeypatch):
+    import sys
+
+    import onnxverify.backend as B
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(B, "_BACKENDS", {"numpy": B.NUMPY})
+    code, out = run(["stats", "m.onnx", "--input", "x.npy", "--eps", "0.1", "--backend", "cupy"])
+    assert code == 2  # refused before the (missing) model is even opened
+    assert_one_line_error(code, out, "cupy", "onnxverify[gpu]")
+
+
+def test_internal_errors_say_please_report(monkeypatch, model_file, tmp_path):
+    import onnxverify.network as N
+
+    def broken(self, *a, **k):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(N.Network, "bounds", broken)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 4, 4), np.float32))
+    code, out = run(["bounds", str(model_file), "--input", str(x), "--eps", "0.1"])
+    assert code == 3
+    assert_one_line_error(code, out, "internal error TypeError", "please report", "--debug")
+    res = CliRunner().invoke(main, ["--debug", "bounds", str(model_file), "--input", str(x), "--eps", "0.1"])
+    assert isinstance(res.exception, TypeError)  # --debug: the traceback, not the line
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["bounds", "--nope"], "no such option '--nope'"),
+    (["bounds", "--norm", "7"], "invalid value for '--norm'"),
+    (["bounds", "--eps", "x"], "'x' is not a valid float"),
+    (["verify"], "missing argument 'MODEL'"),
+    (["nosuchcommand"], "no such command"),
+])
+def test_usage_errors_follow_the_same_policy(args, needle):
+    code, out = run(args)
+    assert code == 2
+    assert_one_line_error(code, out, needle, "--help")
+    assert "Usage:" not in out
+
+
+def test_other_option_checks(tmp_path, model_file):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 4, 4), np.float32))
+    base = ["bounds", str(model_file), "--input", str(x), "--eps", "0.1"]
+    assert_one_line_error(*run(base + ["--max-memory", "-1"]), "--max-memory must be a positive")
+    assert_one_line_error(*run(["bounds", str(model_file), "--input", str(x), "--eps", "nan"]), "--eps must be")
+    assert_one_line_error(*run(["check", str(model_file), "--samples", "0"]), "at least one sample")
+    assert_one_line_error(*run(base + ["--json", str(tmp_path / "no" / "such" / "dir" / "b.json")]),
+                          "No such file or directory")
+    np.savez(tmp_path / "x.npz", a=np.zeros(3))
+    assert_one_line_error(*run(["bounds", str(model_file), "--input", str(tmp_path / "x.npz"), "--eps", "0.1"]),
+                          ".npz archive")

@@ -1,17 +1,19 @@
 """The ``onnxverify`` command line (click): one module per group of commands.
 
-Every command turns a user error (an :class:`~onnxverify.errors.OnnxVerifyError`: missing
-file, unsupported op, bad shape, NaN, eps < 0, ...) into one ``error:`` line on stderr and
-exit code 2; ``--debug`` shows the traceback instead.
+Every command follows one error policy (:mod:`onnxverify.cli.common`): a user mistake (an
+:class:`~onnxverify.errors.OnnxVerifyError`: missing file, unsupported op, bad shape, NaN,
+eps < 0, ...; or a bad option) is one ``error:`` line on stderr and exit code 2; an internal
+error says "please report" and exits 3; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import click
 
 from . import model, stats, train, verify
+from .common import CliGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="onnxverify")
 def main(debug):

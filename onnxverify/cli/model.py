@@ -10,7 +10,8 @@ import click
 import numpy as np
 
 from ..report.tables import format_table
-from .common import BUNDLED_DIR, BUNDLED_INPUT, BUNDLED_MODEL, friendly_errors, load_input, load_network
+from .common import (BUNDLED_DIR, BUNDLED_INPUT, BUNDLED_MODEL, check_backend, check_eps, check_memory,
+                     check_plot_dependency, friendly_errors, load_input, load_network)
 
 
 @click.command()
@@ -33,6 +34,9 @@ def check(model, samples, rtol, atol, show_graph):
         click.echo(net.graph.summary())
     rep = net.check(n_samples=samples, rtol=rtol, atol=atol)
     status = "OK" if rep.ok else "MISMATCH"
+    if rep.n_nonfinite:
+        click.echo(f"note: {rep.n_nonfinite} output value(s) are Inf/NaN in onnxruntime "
+                   "(huge or non-finite weights?); bounds on this model are not meaningful", err=True)
     click.echo(f"forward vs onnxruntime on {rep.n_samples} random inputs: max abs err {rep.max_abs_error:.3g}, "
                f"max rel err {rep.max_rel_error:.3g} -> {status} ({time.perf_counter() - t0:.2f} s)")
     if not rep.ok:
@@ -64,6 +68,8 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
     from .. import make_input_set, margin_spec
     from ..errors import InputError
 
+    check_backend(backend)
+    limit = check_memory(max_memory)
     if model is None:
         model, input_path = BUNDLED_MODEL, input_path or BUNDLED_INPUT
         eps = 0.02 if eps is None else eps
@@ -73,13 +79,14 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
         click.echo(f"(bundled example: {os.path.basename(model)}, label {label})")
     if input_path is None or eps is None:
         raise InputError("--input and --eps are required (or give no MODEL for the bundled example)")
+    check_eps(eps)
     net = load_network(model)
     x = load_input(input_path, net)
     spec = margin_spec([label] * x.shape[0], net.n_outputs) if label is not None else None
     iset = make_input_set(x, eps, norm, tuple(clip) if clip else None)
     res = net.bounds(iset, method=method, spec=spec, strategy=strategy, backend=backend,
                      dtype=np.float64 if use_f64 else np.float32,
-                     max_memory=int(max_memory * 2**30) if max_memory else None)
+                     max_memory=limit)
     lo, hi = np.asarray(res.lower, dtype=np.float64), np.asarray(res.upper, dtype=np.float64)
     rows = []
     names = ([f"y{label}-y{j}" for j in range(net.n_outputs) if j != label] if label is not None
@@ -88,6 +95,10 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
         for k, name in enumerate(names):
             rows.append([b, name, f"{lo.reshape(lo.shape[0], -1)[b, k]:.6g}", f"{hi.reshape(hi.shape[0], -1)[b, k]:.6g}"])
     click.echo(format_table(["sample", "output", "lower", "upper"], rows))
+    n_inf = int((~np.isfinite(lo)).sum() + (~np.isfinite(hi)).sum())
+    if n_inf:
+        click.echo(f"note: {n_inf} bound(s) are infinite (the computation overflowed"
+                   + ("; rerun with --float64" if not use_f64 else "") + ")", err=True)
     click.echo(f"method {res.method}{' / ' + res.strategy if res.strategy else ''}, eps {eps} (l_{norm}), "
                f"{res.time_s:.4f} s")
     verified = None
@@ -110,18 +121,40 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
 @click.option("--clip", nargs=2, type=float, default=None, help="Data range LO HI for l_inf balls.")
 @click.option("--label", type=int, default=None, help="True class (default: the predicted class).")
 @click.option("--max-memory", type=float, default=None, help="Memory limit in GB for the linear methods.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Bound range vs eps, per method (PNG).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw mean bound range vs eps, one line per method (PNG/PDF/SVG; needs matplotlib). "
+                   "Reruns every method at each eps of the grid: eps x 0.25, 0.5, 1, 1.5, 2 unless --plot-eps "
+                   "(about 4x the table's time; progress goes to stderr).")
+@click.option("--plot-eps", default=None, help="Comma-separated eps values for --plot (instead of the grid).")
 @friendly_errors
-def compare(model, input_path, eps, norm, clip, label, max_memory, plot_path):
-    """Run every method and strategy on one input set: width, margin, verified, time, memory."""
-    from .. import make_input_set, margin_spec
-    from ..report.compare import DEFAULT_RUNS, compare_methods, plot_tightness
+def compare(model, input_path, eps, norm, clip, label, max_memory, plot_path, plot_eps):
+    """Run every method and strategy on one input set: width, margin, verified, time, memory.
 
+    Columns: mean width (upper - lower, averaged over margins and samples), min margin lb
+    (the smallest margin lower bound over all samples: > 0 means every sample is verified),
+    verified samples, time and peak traced memory.
+    """
+    from .. import make_input_set, margin_spec
+    from ..errors import InputError
+    from ..report.compare import DEFAULT_RUNS, PLOT_EPS_FACTORS, compare_methods, plot_tightness
+
+    check_plot_dependency(plot_path)  # before any work
+    check_eps(eps)
+    limit = check_memory(max_memory)
+    eps_values = [eps * f for f in PLOT_EPS_FACTORS]
+    if plot_eps is not None:
+        try:
+            eps_values = sorted({float(v) for v in plot_eps.split(",") if v.strip()})
+        except ValueError:
+            raise InputError(f"--plot-eps expects comma-separated numbers, got {plot_eps!r}") from None
+        if not eps_values:
+            raise InputError("--plot-eps is empty")
+        for e in eps_values:
+            check_eps(e, "--plot-eps")
     net = load_network(model)
     x = load_input(input_path, net)
     labels = [label] * x.shape[0] if label is not None else net.forward(x).reshape(x.shape[0], -1).argmax(1)
     spec = margin_spec(labels, net.n_outputs)
-    limit = int(max_memory * 2**30) if max_memory else None
     clip = tuple(clip) if clip else None
     results = compare_methods(net, make_input_set(x, eps, norm, clip), spec, DEFAULT_RUNS, limit)
     rows = [[r.label, f"{r.mean_width:.5g}", f"{r.margin_lower:.5g}", f"{r.verified}/{r.n}", f"{r.time_s:.4f}",
@@ -130,9 +163,22 @@ def compare(model, input_path, eps, norm, clip, label, max_memory, plot_path):
     click.echo(f"margins of label(s) {list(map(int, labels))}, eps {eps} (l_{norm})")
     click.echo(format_table(["method", "mean width", "min margin lb", "verified", "time s", "peak MB"], rows))
     if plot_path:
-        eps_values = [eps * f for f in (0.25, 0.5, 1.0, 1.5, 2.0)]
+        table_s = sum(r.time_s for r in results if not r.error)
+        todo = [e for e in eps_values if e != eps]
+        click.echo(f"plot: {len(DEFAULT_RUNS)} runs at each of {len(todo)} more eps value(s) "
+                   f"(about {table_s * len(todo):.0f} s)", err=True)
+
+        def progress(i, e, seconds):
+            click.echo(f"  eps {e:.6g} ({i + 1}/{len(eps_values)}): "
+                       + ("from the table" if e == eps else f"{seconds:.1f} s"), err=True)
+
+        name = os.path.basename(model)
+        lab = ",".join(map(str, sorted(set(map(int, labels)))))
+        title = (f"{name}: margins of label {lab}, {x.shape[0]} sample(s), l_{norm}"
+                 + (f", clip [{clip[0]:g}, {clip[1]:g}]" if clip else "")
+                 + f"\neps grid {', '.join(f'{e:.4g}' for e in eps_values)}")
         plot_tightness(net, lambda e: make_input_set(x, e, norm, clip), spec, eps_values, DEFAULT_RUNS,
-                       plot_path, limit)
+                       plot_path, limit, title=title, known={eps: results}, on_eps=progress)
         click.echo(f"wrote {plot_path}")
 
 

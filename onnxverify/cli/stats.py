@@ -7,7 +7,8 @@ import time
 import click
 import numpy as np
 
-from .common import friendly_errors, load_input, load_network
+from .common import (check_backend, check_eps, check_memory, check_plot_dependency, friendly_errors, load_input,
+                     load_network)
 
 
 @click.command("stats")
@@ -41,20 +42,17 @@ def stats(model, input_path, eps, norm, clip, method, strategy, backend, use_f64
     from ..bounds.status import neuron_status
     from ..report.status import format_status_table, plot_status
 
-    if plot_path:  # fail before the work, in one line
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            from ..errors import OnnxVerifyError
-
-            raise OnnxVerifyError("--plot needs matplotlib: pip install matplotlib") from None
+    check_plot_dependency(plot_path)  # fail before the work, in one line
+    check_backend(backend)
+    check_eps(eps)
+    limit = check_memory(max_memory)
     net = load_network(model)
     x = load_input(input_path, net)
     iset = make_input_set(x, eps, norm, tuple(clip) if clip else None)
     t0 = time.perf_counter()
     sts = neuron_status(net, iset, method=method, strategy=strategy, backend=backend,
                         dtype=np.float64 if use_f64 else np.float32,
-                        max_memory=int(max_memory * 2**30) if max_memory else None)
+                        max_memory=limit)
     elapsed = time.perf_counter() - t0
     if not sts:
         click.echo("the model has no ReLU, LeakyReLU or ParamRamp layers: no neuron statuses")

@@ -49,7 +49,8 @@ def _watchdog(seconds, result_path):
               help="Write the VNN-COMP result file here (verdict line, counterexample for sat).")
 @click.option("--methods", default=None,
               help="Bound cascade, cheap to tight: comma-separated METHOD[:STRATEGY] "
-                   "(default ibp,crown-ibp:adaptive,crown-lbp:adaptive,crown:adaptive; missing ones are skipped).")
+                   "(default ibp,crown-ibp:adaptive,crown-lbp:adaptive,crown:adaptive, without crown-lbp for "
+                   "inputs of more than 1024 values; missing ones are skipped).")
 @click.option("--no-split", is_flag=True, help="No input bisection (branch and bound on the input box).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks.")
 @click.option("--check-only", is_flag=True, help="Only load the model and parse the property (for prepare_instance).")
@@ -71,7 +72,8 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
     t0 = time.monotonic()
     dog = None
     try:
-        cascade = parse_methods(methods)
+        if methods is not None:
+            parse_methods(methods)  # validate before any work; the string itself goes to verify()
         if check_only:
             from ..verify.loading import load_problem
 
@@ -88,7 +90,9 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
                 extra = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("step", "time", "elapsed"))
                 click.echo(f"[{entry['elapsed']:8.2f} s] {entry['step']}: {extra}", err=True)
 
-        res = verify(model, prop, timeout=timeout - (time.monotonic() - t0), methods=cascade,
+        # methods=None when --methods is absent, as `run` does: verify() then applies its default
+        # cascade and the large-input rule (no forward-map methods above LARGE_INPUT values)
+        res = verify(model, prop, timeout=timeout - (time.monotonic() - t0), methods=methods,
                      seed=seed, split=not no_split, log_fn=log_fn)
         if result_path:
             write_result(result_path, res.verdict, res.counterexample)

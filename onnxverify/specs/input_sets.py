@@ -34,15 +34,66 @@ class InputSet:
 
 
 def _batch(name, a, input_shape):
+    """``a`` as ``(batch, *input_shape)`` float64; raises :class:`InputError` otherwise.
+
+    Accepted, and nothing else (so a wrong layout is never reshaped in silence):
+
+    * one sample of exactly ``input_shape`` (gets a batch axis of 1);
+    * a batch ``(B, *input_shape)``;
+    * a flat vector ``(n,)`` or a batch of them ``(B, n)`` with ``n = prod(input_shape)``, read
+      in C order: VNN-LIB's ``X_0 .. X_{n-1}`` numbering, counterexample files and other flat
+      sources. A flat vector has no layout of its own, so nothing is guessed.
+
+    Any other shape of the right size (e.g. a ``(3, 32, 32)`` CHW image for a ``(32, 32, 3)``
+    HWC model, or ``(28, 28)`` for ``(1, 28, 28)``) is refused with both shapes and a fix.
+    """
     a = np.asarray(a, dtype=np.float64)
-    shape = tuple(input_shape)
+    shape = tuple(int(d) for d in input_shape)
+    n = int(np.prod(shape, dtype=np.int64))
     if a.shape == shape:
-        return a[None]
-    if a.shape[1:] == shape:
-        return a
-    if a.size == int(np.prod(shape, dtype=np.int64)):  # e.g. a flat vector from a VNN-LIB file
-        return a.reshape((1,) + shape)
-    raise InputError(f"{name} has shape {a.shape}, but the model input is {shape} (plus a batch axis)")
+        out = a[None]
+    elif a.ndim == len(shape) + 1 and a.shape[1:] == shape:
+        out = a
+    elif len(shape) > 1 and a.ndim == 1 and a.size == n:
+        out = a.reshape((1,) + shape)
+    elif len(shape) > 1 and a.ndim == 2 and a.shape[1] == n:
+        out = a.reshape((a.shape[0],) + shape)
+    else:
+        raise InputError(_shape_message(name, a.shape, shape))
+    if out.shape[0] == 0:
+        raise InputError(f"{name} has shape {a.shape}: an empty batch (no samples)")
+    return out
+
+
+def _shape_message(name, got, shape):
+    """One line: what was given, what the model takes, and how to fix it."""
+    n = int(np.prod(shape, dtype=np.int64))
+    head = f"{name} has shape {tuple(got)}, but the model takes {shape} per sample"
+    batch = f"(N, {', '.join(map(str, shape))})"
+    accepted = f"give {shape}, {batch} or a flat ({n},) vector in C order" if len(shape) > 1 else \
+        f"give {shape} or {batch}"
+    lead = len(got) - len(shape)
+    tail = tuple(got[lead:]) if lead >= 0 else ()
+    if lead in (0, 1) and tail != shape and sorted(tail) == sorted(shape):  # another layout of the same axes
+        axes = tuple(range(lead)) + tuple(lead + p for p in _permutation(tail, shape))
+        return (f"{head}: the same axes in another order (channels first vs last?) are not reshaped; "
+                f"transpose it, e.g. np.transpose(x, {axes}), or {accepted}")
+    size = int(np.prod(got, dtype=np.int64))
+    if size == n and [d for d in got if d != 1] == [d for d in shape if d != 1]:
+        return f"{head}: only size-1 axes differ; add or drop them, e.g. x.reshape({shape}), or {accepted}"
+    if size == n or (lead >= 0 and len(got) and size == got[0] * n):
+        return f"{head}: the number of values fits but the shape does not, and it is not guessed; {accepted}"
+    return f"{head}; {accepted}"
+
+
+def _permutation(got, want):
+    """Axes ``p`` with ``tuple(got[i] for i in p) == want`` (repeated sizes matched in order)."""
+    used, perm = set(), []
+    for w in want:
+        i = next(i for i, g in enumerate(got) if g == w and i not in used)
+        used.add(i)
+        perm.append(i)
+    return tuple(perm)
 
 
 @dataclass
@@ -78,11 +129,11 @@ class LinfBall(Box):
     def __init__(self, x0, eps, clip=None):
         x0 = _finite("input", x0)
         eps = _check_eps(eps)
+        clip = _check_clip(clip, x0)
         self.x0, self.eps, self.clip = x0, eps, clip
         lo, hi = x0 - eps, x0 + eps
-        if clip is not None:
+        if clip is not None:  # x0 lies in the clip range, so the box stays non-empty and holds x0
             lo, hi = np.clip(lo, clip[0], clip[1]), np.clip(hi, clip[0], clip[1])
-            hi = np.maximum(hi, lo)
         super().__init__(lo, hi)
 
     def batched(self, input_shape):
@@ -120,6 +171,46 @@ class LpBall(InputSet):
 
     def batched(self, input_shape):
         return LpBall(_batch("input", self.x0, input_shape), self.eps, self.p)
+
+
+#: How far (relative to the clip bound's size, at least absolute 1e-6) a sample may lie outside
+#: its clip range and still count as inside (float rounding of data scaled to [0, 1]).
+CLIP_SLACK = 1e-6
+
+
+def _check_clip(clip, x0):
+    """``clip = (lo, hi)`` (scalars or arrays broadcastable to ``x0``) checked, or None.
+
+    Refuses ``lo > hi`` and NaN, and a sample outside ``[lo, hi]``: the clipped ball would
+    not contain it (it could even be empty), so any verdict about it would be meaningless.
+    """
+    if clip is None:
+        return None
+    try:
+        lo, hi = clip
+    except (TypeError, ValueError):
+        raise InputError(f"clip must be a pair (LO, HI), got {clip!r}") from None
+    lo_a, hi_a = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if np.isnan(lo_a).any() or np.isnan(hi_a).any():
+        raise InputError(f"clip range contains NaN: ({lo}, {hi})")
+    if (lo_a > hi_a).any():
+        raise InputError(f"clip range LO {_fmt(lo_a)} is above HI {_fmt(hi_a)}: give --clip LO HI with LO <= HI")
+    try:
+        below = x0 < lo_a - CLIP_SLACK * np.maximum(1.0, np.abs(lo_a))
+        above = x0 > hi_a + CLIP_SLACK * np.maximum(1.0, np.abs(hi_a))
+    except ValueError:
+        raise InputError(f"clip bounds of shape {lo_a.shape} / {hi_a.shape} do not broadcast to the input "
+                         f"{x0.shape}") from None
+    bad = int((below | above).sum())
+    if bad:
+        raise InputError(f"{bad} of {x0.size} input value(s) lie outside the clip range [{_fmt(lo_a)}, {_fmt(hi_a)}] "
+                         f"(the input spans [{x0.min():.6g}, {x0.max():.6g}]): the clipped ball would not contain "
+                         "the sample; give the data range the input is scaled to (e.g. --clip 0 1), or no --clip")
+    return lo, hi
+
+
+def _fmt(a):
+    return f"{float(a):g}" if np.ndim(a) == 0 else f"array{np.shape(a)}"
 
 
 def _check_eps(eps):
