@@ -64,11 +64,12 @@ def fuzz_settings(n: int, **kw):
     """Hypothesis settings for a fuzz test with ``n`` cases in the normal suite: derandomised
     there (the same cases every run, so CI is deterministic); ``--fuzz-long`` runs
     ``n * --fuzz-factor`` random cases. Read at import time, after pytest_configure."""
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 
     long = FUZZ["long"]
     return settings(max_examples=n * FUZZ["factor"], deadline=None, derandomize=not long,
                     database=None if not long else settings.default.database, print_blob=True,
+                    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no slow "explain"
                     suppress_health_check=list(HealthCheck), **kw)
 
 

@@ -103,6 +103,16 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
         if dog is not None:
             dog.cancel()
     click.echo(res.verdict)
+    if res.verdict == "error":  # verify() contained a failure: the verdict stands, the exit code says which
+        from .common import EXIT_INTERNAL, EXIT_USER
+
+        click.echo(f"time {res.time:.2f} s", err=True)
+        if res.message.startswith("out of memory"):
+            click.echo(f"error: {res.message}", err=True)
+            raise SystemExit(EXIT_USER)
+        click.echo(f"error: internal error during verification: {res.message} -- this is a bug in onnxverify; "
+                   "please report it with the model and the property", err=True)
+        raise SystemExit(EXIT_INTERNAL)
     click.echo(f"time {res.time:.2f} s" + (f"; {res.message}" if res.message else ""), err=True)
     if res.verdict == "sat" and not result_path:
         x, y = res.counterexample

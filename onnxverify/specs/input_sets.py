@@ -228,5 +228,7 @@ def make_input_set(x0, eps, norm="inf", clip=None) -> InputSet:
     if norm in ("inf", "linf", "infinity"):
         return LinfBall(x0, eps, clip)
     if norm in ("1", "2", "l1", "l2"):
+        if clip is not None:
+            raise InputError(f"a clip range applies to l_inf balls only; drop --clip for the l_{norm[-1]} ball")
         return LpBall(x0, eps, int(norm[-1]))
     raise InputError(f"unknown norm {norm!r}: choose inf, 1 or 2")
