@@ -192,3 +192,14 @@ def test_paramramp_example_writes_nothing_into_the_working_directory(tmp_path, m
     out_dir = Path(printed.split("outputs go to ", 1)[1].split()[0])
     assert out_dir.parent == tmp and list(cwd.iterdir()) == []
     assert (out_dir / "paramramp_digits.onnx").is_file() and (out_dir / "x0.npy").is_file()
+
+
+def test_test_script_is_valid_and_ci_runs_it():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "test.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(root / "scripts" / "test.sh")]).returncode == 0
+    assert "ONNXVERIFY_TORCH" in script and "CUDA build" in script  # says what it installs, lets you pick
+    assert "bash scripts/test.sh" in (root / ".ci" / "run").read_text()
