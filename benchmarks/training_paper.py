@@ -71,10 +71,11 @@ def make_run_config(spec: Dict[str, str], args):
         over = dict(epochs=args.epochs, eps_start=max(1, round(p.eps_start * scale)),
                     eps_ramp=max(1, round(p.eps_ramp * scale)),
                     lr_milestones=tuple(max(1, min(args.epochs - 1, round(m * scale))) for m in p.lr_milestones))
-    extra = json.loads(args.settings) if args.settings else {}
-    return make_config(preset, data=f"mnist:{args.mnist_dir}", method=spec["method"], n_train=args.n_train,
-                       seed=args.seed, threads=args.threads, progress=False, eval_samples=args.eval_samples,
-                       eval_pgd_steps=args.eval_pgd_steps, eval_pgd_restarts=1, eval_eps=0.4, **over, **extra)
+    settings = dict(data=f"mnist:{args.mnist_dir}", method=spec["method"], n_train=args.n_train, seed=args.seed,
+                    threads=args.threads, progress=False, eval_samples=args.eval_samples,
+                    eval_pgd_steps=args.eval_pgd_steps, eval_pgd_restarts=1, eval_eps=0.4, **over)
+    settings.update(json.loads(args.settings) if args.settings else {})  # --settings wins
+    return make_config(preset, **settings)
 
 
 def _stamp(msg: str) -> None:
