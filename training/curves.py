@@ -3,7 +3,8 @@
 One figure (matplotlib, Agg backend, no display needed):
 
 * top row -- losses per epoch (total, clean, robust, and MTL-IBP's PGD / IBP parts, the
-  warm-up regulariser); schedules (eps / eps_max, kappa, beta, eta / eta_start, lr / lr_0,
+  warm-up regulariser); schedules (eps / eps_train (from the ``config.json`` beside the log,
+  else the largest eps logged), kappa, beta, eta / eta_start, lr / lr_0,
   all as fractions of their maximum, so one axis holds them); errors in % (train clean,
   train verified, test clean, test PGD, test IBP-verified at the log's ``eps_eval``);
 * bottom row -- neuron statuses of every activation layer over training (stacked areas of
@@ -54,6 +55,15 @@ def _series(records, key, scale=1.0):
     return xs, ys
 
 
+def _config_beside(path) -> Dict:
+    """The run's ``config.json`` next to its log (the training workdir), if any."""
+    p = Path(path).with_name("config.json")
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def _label(path) -> str:
     p = Path(path)
     return p.parent.parent.name if p.parent.name == "train" else p.parent.name or p.stem
@@ -84,7 +94,8 @@ def plot_curves(logs: Sequence, out, title: Optional[str] = None) -> Path:
     ax.legend(fontsize=8, loc="best")
 
     ax = fig.add_subplot(grid[0, 1])
-    eps_max = max((r.get("eps") or 0.0) for r in first) or 1.0
+    cfg = _config_beside(runs[0][0])
+    eps_max = float(cfg.get("eps_train") or 0.0) or max((r.get("eps") or 0.0) for r in first) or 1.0
     eta0 = max((r.get("eta") or 0.0) for r in first) or 1.0
     lr0 = max((r.get("lr") or 0.0) for r in first) or 1.0
     for key, lab, s in (("eps", f"eps / {eps_max:g}", 1 / eps_max), ("kappa", "kappa", 1.0), ("beta", "beta", 1.0),
@@ -111,8 +122,8 @@ def plot_curves(logs: Sequence, out, title: Optional[str] = None) -> Path:
             xs, ys = _series(recs, key, 100.0)
             if xs:
                 ax.plot(xs, ys, label=tag + lab, linestyle="--" if key.startswith("train") else "-")
-    ax.set(title="Errors", xlabel="epoch", ylabel="error (%)", ylim=(0, 100))
-    ax.legend(fontsize=7 if many else 8, loc="upper right")
+    ax.set(title="Errors", xlabel="epoch", ylabel="error (%)", ylim=(-2, 102))
+    ax.legend(fontsize=7 if many else 8, loc="center right", framealpha=0.6)
 
     for i, layer in enumerate(layers):
         ax = fig.add_subplot(grid[1, i])
