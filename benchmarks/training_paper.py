@@ -15,7 +15,8 @@ one run after the other, each in its own folder under ``--root``::
 Phases: ``train`` (resumable: a run with a checkpoint continues from it, a finished run is
 skipped), ``eval`` (export the final checkpoint and evaluate the exported ONNX file on the
 test set; ``--crown-n`` limits CROWN-LBP to a random sample when the whole test set is too
-slow), ``table`` (print the table of every evaluated run, ``--json`` writes it), ``all``.
+slow), ``table`` (print the table of every evaluated run, ``--json`` writes it), ``status``
+(progress of unfinished runs: epochs, time per epoch, projected total), ``all``.
 
     nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/training.py --paper --phase train \\
         --runs dm-small:ibp:relu,dm-small:ibp:paramramp --root /work/train-runs/paper
@@ -153,6 +154,45 @@ def collect(args, specs: List[Dict[str, str]]) -> List[dict]:
     return rows
 
 
+def status(args, specs: List[Dict[str, str]]) -> List[dict]:
+    """Progress of each run from its log: epochs done, time per clean / certified epoch, the
+    projected training time of the whole schedule, and the last per-epoch test errors."""
+    rows = []
+    for spec in specs:
+        name = run_name(spec, args)
+        log_path = Path(args.root) / name / "train" / "log.jsonl"
+        if not log_path.is_file():
+            continue
+        log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        cfg = make_run_config(spec, args).recipe
+        clean = [h["time_s"] for h in log if h["eps"] == 0]
+        cert = [h["time_s"] for h in log if h["eps"] > 0]
+        c = sum(clean) / len(clean) if clean else None
+        v = sum(cert) / len(cert) if cert else None
+        n_clean = min(cfg.epochs, int(cfg.eps_start))
+        projected = (n_clean * (c or 0.0) + (cfg.epochs - n_clean) * (v or c or 0.0)) if (c or v) else None
+        last = log[-1]
+        rows.append({"name": name, **spec, "epochs_done": len(log), "epochs": cfg.epochs,
+                     "s_per_clean_epoch": c, "s_per_certified_epoch": v, "train_s_so_far": sum(clean) + sum(cert),
+                     "projected_train_s": projected, "last": {k: last.get(k) for k in (
+                         "epoch", "eps", "loss", "test_clean_err", "test_pgd_err", "test_ibp_verified_err", "eps_eval")}})
+    return rows
+
+
+def print_status(rows: List[dict]) -> None:
+    from onnxverify.report.tables import format_table
+
+    lines = []
+    for r in rows:
+        last = r["last"]
+        lines.append([r["name"], f"{r['epochs_done']}/{r['epochs']}", f"{r['s_per_clean_epoch'] or 0:.0f}",
+                      f"{r['s_per_certified_epoch'] or 0:.0f}", f"{r['train_s_so_far'] / 3600:.2f}",
+                      f"{(r['projected_train_s'] or 0) / 3600:.1f}", f"{last['eps']:.3g}", pct(last.get("test_clean_err")),
+                      pct(last.get("test_pgd_err")), pct(last.get("test_ibp_verified_err"))])
+    print(format_table(["run", "epochs", "s/clean ep", "s/cert ep", "h so far", "h projected", "eps now",
+                        "test clean", "test PGD", "test IBP-ver"], lines))
+
+
 def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -192,7 +232,7 @@ def print_table(rows: List[dict]) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paper", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--phase", choices=("train", "eval", "table", "all"), default="all")
+    p.add_argument("--phase", choices=("train", "eval", "table", "status", "all"), default="all")
     p.add_argument("--runs", default="dm-small:ibp:relu,dm-small:ibp:paramramp")
     p.add_argument("--root", default="/work/train-runs/paper")
     p.add_argument("--mnist-dir", default=str(MNIST_DIR))
@@ -221,6 +261,13 @@ def main(argv=None) -> None:
     if args.phase in ("eval", "all"):
         for spec in specs:
             eval_phase(spec, args)
+    if args.phase == "status":
+        rows = status(args, specs)
+        print_status(rows)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return
     rows = collect(args, specs)
     print_table(rows)
     if args.json:
