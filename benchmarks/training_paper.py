@@ -205,7 +205,8 @@ def print_table(rows: List[dict]) -> None:
     head = ["model", "method", "activation"]
     for e in eps_all:
         head += [f"PGD@{e:g}", f"IBP@{e:g}", f"CROWN-LBP@{e:g}"]
-    head += ["clean", "s/epoch", "train h", "paper DM-large IBP@0.4"]
+    with_paper = 0.4 in eps_all
+    head += ["clean", "s/epoch", "train h"] + (["paper DM-large IBP@0.4"] if with_paper else [])
     lines = []
     for r in rows:
         line = [r["model"], r["method"], LABEL.get(r["activation"], r["activation"])]
@@ -218,11 +219,14 @@ def print_table(rows: List[dict]) -> None:
             clean = ev["clean_err"]
             crown = ev["verified_err"].get("crown-lbp")
             cn = ev.get("n_by_method", {}).get("crown-lbp", ev["n"])
+            ibp_s = ev.get("ibp_err_on_sample", {}).get("crown-lbp")
             line += [pct(ev.get("pgd_err")), pct(ev["verified_err"].get("ibp")),
-                     pct(crown) + ("" if cn == ev["n"] else f" (n={cn})")]
+                     pct(crown) + ("" if cn == ev["n"] else f" (n={cn}" + (
+                         "" if ibp_s is None else f"; IBP {pct(ibp_s)}") + ")")]
         paper = PAPER_DM_LARGE.get((r["method"], r["activation"]))
-        line += [pct(clean), f"{r['s_per_epoch']:.0f}" if r["s_per_epoch"] else "",
-                 f"{r['train_s'] / 3600:.2f}", "" if paper is None else f"{paper:.2f}"]
+        line += [pct(clean), f"{r['s_per_epoch']:.0f}" if r["s_per_epoch"] else "", f"{r['train_s'] / 3600:.2f}"]
+        if with_paper:
+            line.append("" if paper is None else f"{paper:.2f}")
         lines.append(line)
     from onnxverify.report.tables import format_table
 
