@@ -11,6 +11,11 @@ writes the rows. Also runs on the networks of ../shared/benchmarks with ``--vnnc
     python benchmarks/bounds.py                       # all models, all methods
     python benchmarks/bounds.py --models cnn4 --methods ibp,crown-ibp,crown
     python benchmarks/bounds.py --vnncomp --eps 0.002
+    python benchmarks/bounds.py --against ../main-before   # A/B against another checkout, same run
+
+``--against DIR`` measures every row also with the onnxverify of another checkout (e.g.
+``git worktree add ../before HEAD~1``), alternating the two in one run, and adds the time
+ratio (this tree / the other) and whether the widths agree.
 """
 from __future__ import annotations
 
@@ -126,7 +131,9 @@ MODELS = {"mlp": (mlp, [1 / 255, 8 / 255, 0.02]), "mnist_conv_bn": (mnist_conv_b
 
 
 # ---- one measurement in a fresh process ------------------------------------------------------------
-def _measure(path, x0, eps, method, strategy, repeats, queue):
+def _measure(path, x0, eps, method, strategy, repeats, queue, tree=None):
+    if tree is not None:  # the onnxverify of another checkout
+        sys.path.insert(0, tree)
     import onnxverify as ov
 
     try:
@@ -148,10 +155,10 @@ def _measure(path, x0, eps, method, strategy, repeats, queue):
         queue.put({"error": f"{type(e).__name__}: {str(e)[:120]}"})
 
 
-def measure(path, x0, eps, method, strategy="adaptive", repeats=3, timeout=900):
+def measure(path, x0, eps, method, strategy="adaptive", repeats=3, timeout=900, tree=None):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_measure, args=(str(path), x0, eps, method, strategy, repeats, q))
+    p = ctx.Process(target=_measure, args=(str(path), x0, eps, method, strategy, repeats, q, tree))
     p.start()
     p.join(timeout)
     if p.is_alive():
@@ -163,9 +170,18 @@ def measure(path, x0, eps, method, strategy="adaptive", repeats=3, timeout=900):
 
 def fmt_row(r):
     if "error" in r:
-        return [r["model"], r["weights"], f"{r['eps']:.4g}", r["method"], "-", "-", "-", "-", r["error"][:60]]
-    return [r["model"], r["weights"], f"{r['eps']:.4g}", r["method"], f"{r['time_s']:.3f}", f"{r['peak_rss_gb']:.2f}",
-            f"{r['mean_width']:.4g}", f"{r['mean_margin_lb']:.4g}", "yes" if r["verified"] else "no"]
+        return [r["model"], r["weights"], f"{r['eps']:.4g}", r["method"], "-", "-", "-", "-", r["error"][:60]] + \
+            (["-", "-"] if "against" in r else [])
+    row = [r["model"], r["weights"], f"{r['eps']:.4g}", r["method"], f"{r['time_s']:.3f}", f"{r['peak_rss_gb']:.2f}",
+           f"{r['mean_width']:.4g}", f"{r['mean_margin_lb']:.4g}", "yes" if r["verified"] else "no"]
+    if "against" in r:
+        o = r["against"]
+        if "error" in o:
+            row += ["-", o["error"][:30]]
+        else:
+            same = abs(o["mean_width"] - r["mean_width"]) <= 1e-4 * (1 + abs(o["mean_width"]))
+            row += [f"{r['time_s'] / max(o['time_s'], 1e-9):.2f}x", "same" if same else f"{o['mean_width']:.4g}"]
+    return row
 
 
 def main(argv=None):
@@ -179,12 +195,16 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=900, help="per measurement (s)")
     ap.add_argument("--vnncomp", action="store_true", help="also the networks of ../shared/benchmarks")
     ap.add_argument("--json", default="benchmarks/results/bounds.json")
+    ap.add_argument("--against", default=None, help="another checkout: measure it too, alternating, and add ratios")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from onnxverify.report import format_table
 
     rows = []
     headers = ["model", "weights", "eps", "method", "median s", "peak RSS GB", "mean width", "mean margin lb", "verified"]
+    other = str(Path(args.against).resolve()) if args.against else None
+    if other:
+        headers += ["time vs other", "other's width"]
     tmp = Path(tempfile.mkdtemp(prefix="ov_bench_"))
     jobs = []
     for name in args.models.split(","):
@@ -208,8 +228,12 @@ def main(argv=None):
             jobs.append((path.stem[:28], "vnncomp", path, x0, args.eps or 0.002))
     for name, weights, path, x0, eps in jobs:
         for method in args.methods.split(","):
+            if other:  # the other checkout first, then this one: neither always runs on a warmer machine
+                o = measure(path, x0, eps, method, args.strategy, args.repeats, args.timeout, tree=other)
             r = measure(path, x0, eps, method, args.strategy, args.repeats, args.timeout)
             r.update(model=name, weights=weights, eps=eps, method=method)
+            if other:
+                r["against"] = o
             rows.append(r)
             print("  ".join(fmt_row(r)), flush=True)
     print()

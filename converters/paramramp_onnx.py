@@ -40,6 +40,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxverify.ops.paramramp import DOMAIN, OP_TYPE, R_MIN, VERSION, paramramp_function
+
 __all__ = [
     "DOMAIN",
     "OP_TYPE",
@@ -57,12 +59,6 @@ __all__ = [
     "paramramp_reference",
 ]
 
-DOMAIN = "onnxverify"
-OP_TYPE = "ParamRamp"
-VERSION = 1
-#: lower clamp applied to R in every forward pass (ONNX function, torch module, reference)
-R_MIN = 1e-4
-
 #: default-domain opsets the function body is valid in (checked by the tests)
 MIN_OPSET = 13
 MAX_OPSET = 21
@@ -73,49 +69,8 @@ class ParamRampError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------
-# function definition
+# schema and node builders (the function body itself lives with the op rule)
 # ---------------------------------------------------------------------------------------
-def paramramp_function(opset: int = 17) -> onnx.FunctionProto:
-    """The model-local function defining ``onnxverify::ParamRamp`` (version 1).
-
-    ``opset`` is the default-domain (``ai.onnx``) opset the body is declared against; it
-    should equal the model's default-domain opset (:func:`attach_paramramp_function`
-    takes care of that).  The body is valid for every opset 13..21 (and later ones that
-    keep these ops unchanged).
-    """
-    opset = int(opset)
-    if opset < 1:
-        raise ValueError(f"invalid opset {opset}")
-    nodes = [
-        # eta (float attribute of the calling node, default 0.0) as a scalar tensor
-        _const_ref("eta_t", "eta"),
-        helper.make_node("Constant", [], ["one"], value_float=1.0),
-        helper.make_node("Constant", [], ["r_min"], value_float=float(R_MIN)),
-        helper.make_node("Sub", ["one", "eta_t"], ["one_m_eta"]),
-        helper.make_node("Max", ["R", "r_min"], ["r_c"]),
-        helper.make_node("Relu", ["X"], ["x_pos"]),
-        helper.make_node("Min", ["x_pos", "r_c"], ["x_ramp"]),
-        helper.make_node("Mul", ["eta_t", "X"], ["lin"]),
-        helper.make_node("Mul", ["one_m_eta", "x_ramp"], ["ramp"]),
-        helper.make_node("Add", ["lin", "ramp"], ["Y"]),
-    ]
-    fn = helper.make_function(
-        DOMAIN,
-        OP_TYPE,
-        inputs=["X", "R"],
-        outputs=["Y"],
-        nodes=nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        attributes=[],
-        attribute_protos=[helper.make_attribute("eta", 0.0)],  # default value
-        doc_string=(
-            "ParamRamp(eta, r): Y = eta*X + (1-eta)*Min(Max(X,0), Max(R,1e-4)); "
-            "R per neuron (sample shape of X), broadcast over the batch axis."
-        ),
-    )
-    return fn
-
-
 def paramramp_opschema() -> "onnx.defs.OpSchema":
     """An (unregistered) :class:`onnx.defs.OpSchema` describing ``onnxverify::ParamRamp``.
 
@@ -140,17 +95,6 @@ def paramramp_opschema() -> "onnx.defs.OpSchema":
             OpSchema.Attribute("eta", helper.make_attribute("eta", 0.0), "leak slope in [0, 1]")
         ],
     )
-
-
-def _const_ref(output: str, attr: str) -> onnx.NodeProto:
-    """``Constant`` whose ``value_float`` refers to the calling node's attribute ``attr``."""
-    node = helper.make_node("Constant", [], [output])
-    a = onnx.AttributeProto()
-    a.name = "value_float"
-    a.ref_attr_name = attr
-    a.type = onnx.AttributeProto.FLOAT
-    node.attribute.append(a)
-    return node
 
 
 def make_paramramp_node(

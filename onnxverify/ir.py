@@ -1,9 +1,10 @@
 """The layer IR: a DAG of :class:`Node` in topological order, with a leading batch axis.
 
-Each node names its output tensor, its op (a key of :data:`onnxverify.ops.REGISTRY`), the
-names of its computed inputs, constant parameters (NumPy arrays) and attributes. ``shape``
-is the output shape of ONE sample (no batch axis); at run time every tensor is
-``(batch, *shape)``.
+Plain data and structure queries only: what each op computes lives in its rule
+(:mod:`onnxverify.ops`, looked up by ``node.op``). Each node names its output tensor, its
+op, the names of its computed inputs, constant parameters (NumPy arrays) and attributes.
+``shape`` is the output shape of ONE sample (no batch axis); at run time every tensor is
+``(batch, *shape)``. The graph input is the one node whose op is ``Input``.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import Backend, get_backend
+INPUT = "Input"
 
 
 @dataclass
@@ -40,11 +41,13 @@ class Graph:
         self.nodes = list(nodes)
         self.output = output
         self._by_name = {n.name: n for n in self.nodes}
-        inputs = [n for n in self.nodes if n.op == "Input"]
+        inputs = [n for n in self.nodes if n.op == INPUT]
         if len(inputs) != 1:
             raise ValueError(f"graph must have exactly one Input node, got {len(inputs)}")
         self.input = inputs[0]
         self._check_order()
+        self._consumers = None
+        self._ancestors: dict = {}
 
     def _check_order(self):
         seen = set()
@@ -74,13 +77,37 @@ class Graph:
     def output_shape(self) -> tuple:
         return self[self.output].shape
 
+    @property
+    def computed(self) -> list:
+        """Every node but the input, in topological order."""
+        return [n for n in self.nodes if n is not self.input]
+
     def consumers(self) -> dict:
-        """name -> list of nodes that read it."""
-        out = {n.name: [] for n in self.nodes}
-        for n in self.nodes:
-            for i in n.inputs:
-                out[i].append(n)
-        return out
+        """name -> list of nodes that read it (computed once)."""
+        if self._consumers is None:
+            out = {n.name: [] for n in self.nodes}
+            for n in self.nodes:
+                for i in n.inputs:
+                    out[i].append(n)
+            self._consumers = out
+        return self._consumers
+
+    def ancestors(self, name: str) -> set:
+        """Names of ``name`` and every node it depends on (cached)."""
+        if name not in self._ancestors:
+            seen, stack = set(), [name]
+            while stack:
+                n = stack.pop()
+                if n not in seen:
+                    seen.add(n)
+                    stack.extend(self[n].inputs)
+            self._ancestors[name] = frozenset(seen)
+        return self._ancestors[name]
+
+    def reversed_from(self, name: str) -> list:
+        """``name`` and its ancestors in reverse topological order (a backward pass's order)."""
+        keep = self.ancestors(name)
+        return [n for n in reversed(self.nodes) if n.name in keep]
 
     def op_counts(self) -> dict:
         counts: dict = {}
@@ -88,50 +115,31 @@ class Graph:
             counts[n.op] = counts.get(n.op, 0) + 1
         return counts
 
-    # ---- evaluation --------------------------------------------------------------
-    def run(self, values_for_input, step: Callable, backend: Backend | str | None = None, keep_all=False):
-        """Generic topological evaluation: ``step(rule, node, *input_values)`` per node."""
-        from .ops import rule_for
+    # ---- traversal -----------------------------------------------------------------
+    def evaluate(self, input_value, step: Callable, keep_all: bool = False, known: dict | None = None,
+                 stop: str | None = None):
+        """Topological evaluation: ``value(node) = step(node, *values of its inputs)``.
 
-        bk = get_backend(backend)
-        env = {self.input.name: values_for_input}
-        consumers_left = {n.name: 0 for n in self.nodes}
+        ``known``: values given for some nodes (used as they are). ``stop``: stop after this
+        node. Values no later node reads are dropped unless ``keep_all``. Returns the output's
+        value, or ``{name: value}`` with ``keep_all``."""
+        env = dict(known) if known else {}
+        env.setdefault(self.input.name, input_value)
+        left = None if keep_all else {name: len(c) for name, c in self.consumers().items()}
         for n in self.nodes:
-            for i in n.inputs:
-                consumers_left[i] += 1
-        for n in self.nodes:
-            if n.op == "Input":
-                continue
-            env[n.name] = step(rule_for(n.op), bk, n, *[env[i] for i in n.inputs])
+            if n.name not in env:
+                env[n.name] = step(n, *[env[i] for i in n.inputs])
             if not keep_all:
                 for i in n.inputs:
-                    consumers_left[i] -= 1
-                    if consumers_left[i] == 0 and i != self.output:
-                        del env[i]
+                    left[i] -= 1
+                    if left[i] == 0 and i != self.output:
+                        env.pop(i, None)
+            if n.name == stop:
+                break
         return env if keep_all else env[self.output]
-
-    def forward(self, x, backend: Backend | str | None = None, keep_all: bool = False):
-        """Evaluate the network. ``x``: ``(batch, *input_shape)`` -> ``(batch, *output_shape)``."""
-        bk = get_backend(backend)
-        x = bk.asarray(x)
-        if tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(f"input has sample shape {tuple(x.shape[1:])}, graph expects {self.input_shape}")
-        return self.run(x, lambda rule, bk_, node, *xs: rule.forward(bk_, node, *xs), bk, keep_all)
 
     def summary(self) -> str:
         lines = [f"{'node':<32} {'op':<10} {'shape':<18} inputs"]
         for n in self.nodes:
             lines.append(f"{n.name[:32]:<32} {n.op:<10} {str(n.shape):<18} {', '.join(n.inputs)}")
         return "\n".join(lines)
-
-
-def params_as(bk: Backend, node: Node, key: str, dtype):
-    """A node's constant parameter as an array of backend ``bk`` (cached per backend+dtype)."""
-    value = node.params[key]
-    if not isinstance(value, np.ndarray):  # e.g. a torch Parameter during training: no copy
-        return bk.asarray(value, dtype=dtype)
-    cache = node.attrs.setdefault("_cache", {})
-    k = (bk.name, key, str(dtype))
-    if k not in cache:
-        cache[k] = bk.asarray(value, dtype=dtype)
-    return cache[k]

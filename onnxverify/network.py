@@ -11,6 +11,7 @@ from .bounds import Bounds, compute_bounds
 from .errors import InputError
 from .specs.input_sets import InputSet
 from .ir import Graph
+from .ops import evaluate
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Network:
         """Network output ``(batch, *output_shape)`` for ``x`` ``(batch, *input_shape)``."""
         bk = get_backend(backend)
         xb = x if (bk.name != "numpy" and bk.is_array(x)) else self.prepare_input(x)
-        y = self.graph.forward(bk.asarray(xb, dtype=dtype), bk)
+        y = evaluate(self.graph, bk.asarray(xb, dtype=dtype), bk)
         return bk.to_numpy(y) if backend is None or get_backend(backend).name == "numpy" else y
 
     def bounds(self, input_set: InputSet, method: str = "ibp", spec=None, strategy: str | None = None,

@@ -12,6 +12,7 @@ import nets
 from onnxverify.verify.attack import (CaseObjective, Confirmer, forward_flat, input_gradient, pgd_attack, sample_attack,
                                snap_to_box, value_and_grad)
 from onnxverify.ir import Graph, Node
+from onnxverify.ops import evaluate
 from onnxverify.network import Network
 from onnxverify.onnx.importer import import_model
 from onnxverify.onnx.reference import OrtModel
@@ -27,7 +28,7 @@ def _fd_check(graph, x, c, h=1e-6, max_dims=48, seed=0):
     E = np.zeros((len(dims), n))
     E[np.arange(len(dims)), dims] = h
     pts = np.concatenate([(x[:, None] + E[None]), (x[:, None] - E[None])]).reshape(-1, n)  # (2 B d, n)
-    out = np.asarray(graph.forward(pts.reshape((len(pts),) + tuple(graph.input_shape)))).reshape(2, B, len(dims), -1)
+    out = np.asarray(evaluate(graph, pts.reshape((len(pts),) + tuple(graph.input_shape)))).reshape(2, B, len(dims), -1)
     f = (out * c[None, :, None, :]).sum(-1)
     fd = (f[0] - f[1]) / (2 * h)
     return np.abs(fd - g[:, dims]).max() / (np.abs(fd).max() + 1e-12)
@@ -67,7 +68,7 @@ def test_paramramp_gradient():
 def test_gradient_of_unused_input_is_zero():
     g = Graph([Node("x", "Input", shape=(2,)), Node("y", "Affine", ("x",), {"scale": np.zeros(2), "shift": np.ones(2)},
                                                   shape=(2,))], "y")
-    env = g.forward(np.ones((1, 2), np.float32), keep_all=True)
+    env = evaluate(g, np.ones((1, 2), np.float32), keep_all=True)
     assert np.all(input_gradient(g, env, np.ones((1, 2), np.float32)) == 0)
 
 

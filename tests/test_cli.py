@@ -43,7 +43,7 @@ def test_check_exits_nonzero_on_mismatch(tmp_path, monkeypatch):
     onnx.save(model, tmp_path / "m.onnx")
     from onnxverify.ops import REGISTRY
 
-    rule = REGISTRY["Relu"]
+    rule = REGISTRY.rule("Relu")
     monkeypatch.setattr(type(rule), "forward", lambda self, bk, node, x: x)  # a broken rule
     res = CliRunner().invoke(main, ["check", str(tmp_path / "m.onnx")])
     assert res.exit_code == 1 and "MISMATCH" in res.output

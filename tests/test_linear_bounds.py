@@ -190,7 +190,7 @@ def test_chunked_backward_equals_unchunked():
 def test_windowed_backward_matches_dense(name, monkeypatch):
     """CROWN's tiled backward passes (receptive-field windows, residual unions, fallback to
     dense at other ops) give the dense passes' bounds, and stay sound."""
-    import onnxverify.bounds.methods as M
+    import onnxverify.bounds.passes as M
 
     rng = np.random.default_rng(8)
     model, (lo, hi) = nets.ALL_BUILDERS[name](2)
@@ -199,8 +199,8 @@ def test_windowed_backward_matches_dense(name, monkeypatch):
     monkeypatch.setattr(M, "TILE_ROWS", 10**9)
     dense = net.bounds(iset, method="crown", strategy="adaptive", intersect_ibp=False, dtype=np.float64)
     calls = []
-    original = M._backward_tiles
-    monkeypatch.setattr(M, "_backward_tiles", lambda *a: calls.append(1) or original(*a))
+    original = M.backward_tiles
+    monkeypatch.setattr(M, "backward_tiles", lambda *a: calls.append(1) or original(*a))
     monkeypatch.setattr(M, "TILE_ROWS", 2)
     tiled = net.bounds(iset, method="crown", strategy="adaptive", intersect_ibp=False, dtype=np.float64)
     assert calls, "the tiled path was not taken"

@@ -16,7 +16,8 @@ from onnxverify.backend import get_backend
 from onnxverify.cli import main
 from onnxverify.converters import attach_paramramp_function, make_paramramp_node
 from onnxverify.onnx.reference import OrtModel
-from onnxverify.ops.lines import leaky_relu_lines, paramramp_lines
+from onnxverify.ops.paramramp import paramramp_lines
+from onnxverify.ops.relu import leaky_relu_lines
 from onnxverify.bounds.status import PARAMRAMP_STATUSES, neuron_status, paramramp_status, relu_status
 
 BK = get_backend("numpy")

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import nets
 import onnxverify as ov
+from onnxverify.ops import evaluate
 from onnxverify.cli import main
 from onnxverify.bounds.status import (
     PARAMRAMP_STATUSES,
@@ -118,7 +119,7 @@ def test_preactivation_bounds_are_sound_and_match_the_method(case):
     rng = np.random.default_rng(0)
     lo, hi = iset.box()
     x = lo[:, None] + rng.uniform(0, 1, (3, 200) + lo.shape[1:]) * (hi - lo)[:, None]
-    vals = g.forward(x.reshape((-1,) + g.input_shape), keep_all=True)
+    vals = evaluate(g, x.reshape((-1,) + g.input_shape), keep_all=True)
     for method in ("ibp", "lbp", "crown"):
         pre = preactivation_bounds(g, iset, method, "tight", dtype=np.float64)
         for name_, (l, u) in pre.items():

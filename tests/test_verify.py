@@ -14,7 +14,7 @@ from onnxverify.cli import main
 from onnxverify.errors import InputError
 from onnxverify.network import Network
 from onnxverify.onnx.reference import OrtModel
-from onnxverify.verify import DEFAULT_CASCADE, available_cascade, parse_methods, verify
+from onnxverify.verify import DEFAULT_CASCADE, parse_methods, verify
 from onnxverify.vnncomp import format_result, read_result, replay_counterexample, write_result
 from onnxverify.specs.vnnlib import is_violated, parse_vnnlib
 
@@ -133,20 +133,26 @@ def test_read_result_accepts_competition_spellings(tmp_path):
         format_result("maybe")
 
 
-def test_methods_parsing_and_filtering():
+def test_methods_parsing_names_the_wrong_entry():
     assert parse_methods("ibp, crown:tight") == [("ibp", None), ("crown", "tight")]
     assert parse_methods(None) == list(DEFAULT_CASCADE)
-    usable, missing = available_cascade([("ibp", None), ("nosuch", None), ("relaxed-crown-2", "adaptive")])
-    assert ("ibp", None) in usable and missing[0][0] == "nosuch"
-    with pytest.raises(InputError):
+    assert parse_methods([("relaxed-crown-2", "adaptive")]) == [("relaxed-crown-2", "adaptive")]
+    with pytest.raises(InputError, match="no bound methods"):
         parse_methods(" , ")
+    with pytest.raises(InputError, match=r"unknown strategy 'bogus' in 'crown:bogus'.*adaptive"):
+        parse_methods("ibp,crown:bogus")
+    with pytest.raises(InputError, match=r"unknown method 'nosuch'.*crown-ibp"):
+        parse_methods("nosuch,ibp")
+    with pytest.raises(InputError, match="V must be an integer"):
+        parse_methods("relaxed-crown-0")
 
 
-def test_unknown_methods_only_is_an_input_error(net_path, tmp_path):
-    with pytest.raises(InputError):
-        verify(net_path, prop(tmp_path, "(assert (>= Y_0 2.5))\n"), methods="nosuch")
-    res = verify(net_path, prop(tmp_path, "(assert (>= Y_0 2.5))\n"), methods="nosuch,ibp")
-    assert res.verdict == "unsat" and any("nosuch" in e.get("note", "") for e in res.log)
+def test_unknown_methods_are_input_errors(net_path, tmp_path):
+    """A cascade with a typo is refused before any work (it used to be skipped silently)."""
+    for methods in ("nosuch", "nosuch,ibp", "crown:bogus"):
+        with pytest.raises(InputError):
+            verify(net_path, prop(tmp_path, "(assert (>= Y_0 2.5))\n"), methods=methods)
+    assert verify(net_path, prop(tmp_path, "(assert (>= Y_0 2.5))\n"), methods="ibp").verdict == "unsat"
 
 
 def test_accepts_network_and_property_objects(net_path, tmp_path):

@@ -12,22 +12,11 @@
 
 IR nodes are matched to torch modules through the ONNX node that produced them: an IR node
 is named after its ONNX output tensor, onnx2torch names its submodule after the ONNX node
-(``OnnxGraph`` unique names).  Tied nodes:
-
-============  =====================  ===============================================
-IR op         torch module           IR parameters
-============  =====================  ===============================================
-Conv          ``nn.Conv2d``          ``weight``, ``bias`` (the module's tensors)
-Linear        ``nn.Linear`` (Gemm)   ``weight``, ``bias``
-Affine (BN)   ``nn.BatchNorm{1,2}d`` ``scale = gamma / sqrt(var + eps)``,
-                                     ``shift = beta - mean * scale``; in train mode
-                                     ``mean``/``var`` are the statistics of the last
-                                     clean forward batch (captured by a forward hook,
-                                     biased variance, as the batch norm itself uses them),
-                                     in eval mode the running statistics
-ParamRamp     converters' ParamRamp  ``r`` (param), ``eta`` (attribute, per schedule)
-LeakyRelu     ``nn.LeakyReLU``       ``alpha`` = ``negative_slope`` (per schedule)
-============  =====================  ===============================================
+(``OnnxGraph`` unique names).  Each IR node's op rule says how it ties to that module
+(``OpRule.torch_tie`` in :mod:`onnxverify.ops`): Conv and Linear take the module's weight and
+bias, BatchNorm-made Affine nodes compute ``scale``/``shift`` from gamma, beta and the batch
+statistics of the last clean forward pass (train mode) or the running statistics (eval mode),
+ParamRamp takes ``r`` and ``eta``, LeakyRelu its slope.
 
 IR nodes with constant parameters that onnx2torch keeps as buffers (e.g. ``Sub``/``Div``
 normalisation layers, ``MatMul`` weights) stay constants on both sides: they are not trained.
@@ -39,7 +28,7 @@ Shapes: inputs ``(B, *input_shape)`` float32; bounds of the margin spec ``(B, n 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -51,11 +40,11 @@ from onnxverify.bounds import compute_bounds, fold_spec_interval
 from onnxverify.bounds.ibp import interval_bounds
 from onnxverify.specs.input_sets import Box
 from onnxverify.onnx.importer import import_model
+from onnxverify.ops import evaluate, rule_of
 from onnxverify.specs.output import margin_spec
 
-__all__ = ["TorchBox", "TrainableNetwork", "ACTIVATION_OPS", "R_LARGE", "available_methods"]
+__all__ = ["TorchBox", "TrainableNetwork", "R_LARGE", "available_methods"]
 
-ACTIVATION_OPS = ("Relu", "LeakyRelu", "ParamRamp", "Sigmoid", "Tanh")
 #: bend point that makes ParamRamp act as LeakyReLU(eta) (clean epochs before r is initialised)
 R_LARGE = 1.0e4
 
@@ -109,22 +98,14 @@ def _onnx2torch_names(model: onnx.ModelProto) -> Dict[str, str]:
     return out
 
 
-def _find(module: nn.Module, cls) -> Optional[nn.Module]:
-    if isinstance(module, cls):
-        return module
-    found = [m for m in module.modules() if isinstance(m, cls)]
-    return found[-1] if len(found) == 1 else None
-
-
 class TrainableNetwork:
     """See the module docstring.  ``device``: a torch device string ("cpu", "cuda")."""
 
     def __init__(self, model: onnx.ModelProto, device: str = "cpu"):
         import onnx2torch
 
-        from onnxverify.converters import paramramp_torch as prt  # registers the onnx2torch converter
+        from onnxverify.converters import paramramp_torch  # noqa: F401  (registers the onnx2torch converter)
 
-        self._prt = prt
         self.onnx_model = model
         self.device = torch.device(device)
         self.module = onnx2torch.convert(model).to(self.device)
@@ -132,16 +113,16 @@ class TrainableNetwork:
         self.bk = get_backend("torch" if self.device.type == "cpu" else f"torch:{self.device}")
         self.input_shape = tuple(self.graph.input_shape)
         self.num_classes = int(np.prod(self.graph.output_shape))
-        self._batch_stats: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._bind()
         self._check_binding()
 
     # ---- binding ------------------------------------------------------------------------
     def _bind(self) -> None:
+        """Ask each IR node's rule for its tie to the torch module of the same ONNX node."""
         names = _onnx2torch_names(self.onnx_model)
-        self.bindings: List[Tuple[object, str, nn.Module]] = []
+        self.ties = []  # (node, TorchTie)
         frozen = []
-        for node in self.graph.nodes:
+        for node in self.graph.computed:
             onnx_out = node.name.rstrip("'")
             sub = None
             if onnx_out in names:
@@ -149,50 +130,30 @@ class TrainableNetwork:
                     sub = self.module.get_submodule(names[onnx_out])
                 except AttributeError:
                     sub = None
-            kind, target = None, None
-            if node.op == "Conv":
-                target = _find(sub, nn.Conv2d) if sub is not None else None
-                kind = "conv"
-            elif node.op == "Linear":
-                target = _find(sub, nn.Linear) if sub is not None else None
-                kind = "linear"
-            elif node.op == "Affine" and sub is not None and _find(sub, nn.modules.batchnorm._BatchNorm) is not None:
-                target, kind = _find(sub, nn.modules.batchnorm._BatchNorm), "bn"
-            elif node.op == "ParamRamp":
-                target, kind = (_find(sub, self._prt.ParamRamp) if sub is not None else None), "paramramp"
-                if target is None:
-                    raise ValueError(f"ParamRamp node {node.source}: no onnx2torch ParamRamp module found")
-            elif node.op == "LeakyRelu":
-                target, kind = (_find(sub, nn.LeakyReLU) if sub is not None else None), "leaky"
-            if target is None:
-                if node.params and node.op in ("Conv", "Linear", "Affine"):
+            rule = rule_of(node)
+            tie = rule.torch_tie(node, sub)
+            if tie is None:
+                if node.params and rule.affine:
                     frozen.append(f"{node.source} ({node.op})")
                 continue
-            self.bindings.append((node, kind, target))
-            if kind == "bn":
-                target.register_forward_hook(self._bn_hook)
+            self.ties.append((node, tie))
         if frozen:
             warnings.warn("these nodes have constant parameters that onnx2torch keeps as buffers; they are not "
                           "trained: " + ", ".join(frozen), UserWarning, stacklevel=3)
-        self.activation_nodes = [n for n in self.graph.nodes if n.op in ACTIVATION_OPS]
+        #: (IR node, tie kind, torch module) per tied node
+        self.bindings = [(node, tie.kind, tie.module) for node, tie in self.ties]
+        self.activation_nodes = [n for n in self.graph.computed if rule_of(n).elementwise and not rule_of(n).affine]
         self.paramramps = [m for (_, k, m) in self.bindings if k == "paramramp"]
         self.leakys = [m for (_, k, m) in self.bindings if k == "leaky"]
-
-    def _bn_hook(self, module, inputs, output) -> None:
-        if module.training:
-            x = inputs[0]
-            dims = [0] + list(range(2, x.dim()))
-            self._batch_stats[id(module)] = (x.mean(dim=dims), x.var(dim=dims, unbiased=False))
 
     def _check_binding(self) -> None:
         """Every tied parameter must equal the value the importer read from the ONNX file."""
         was = self.module.training
         self.module.eval()
         try:
-            for node, kind, m in self.bindings:
+            for node, tie in self.ties:
                 want = {k: np.asarray(v, dtype=np.float64) for k, v in node.params.items()}
-                got = self._params_of(node, kind, m)
-                for key, value in got.items():
+                for key, value in tie.params().items():
                     if key not in want:
                         continue
                     g = value.detach().cpu().double().numpy()
@@ -207,40 +168,11 @@ class TrainableNetwork:
         finally:
             self.module.train(was)
 
-    def _params_of(self, node, kind: str, m: nn.Module) -> Dict[str, torch.Tensor]:
-        if kind in ("conv", "linear"):
-            w = m.weight
-            b = m.bias if m.bias is not None else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
-            return {"weight": w, "bias": b}
-        if kind == "bn":
-            if m.training:
-                stats = self._batch_stats.get(id(m))
-                if stats is None:
-                    raise RuntimeError("BatchNorm in train mode: run a clean forward pass on the batch before "
-                                       "computing bounds (its statistics are used)")
-                mean, var = stats
-            else:
-                mean, var = m.running_mean, m.running_var
-            gamma = m.weight if m.weight is not None else torch.ones_like(mean)
-            beta = m.bias if m.bias is not None else torch.zeros_like(mean)
-            scale = gamma / torch.sqrt(var + m.eps)
-            shift = beta - mean * scale
-            shape = node.params["scale"].shape if hasattr(node.params["scale"], "shape") else scale.shape
-            return {"scale": scale.reshape(shape), "shift": shift.reshape(shape)}
-        if kind == "paramramp":
-            r = m.r
-            full = tuple(node.shape)
-            return {"r": r if tuple(r.shape) == full else r.expand(full)}
-        return {}
-
     def sync(self) -> None:
         """Point the IR's parameters and attributes at the torch module's current state."""
-        for node, kind, m in self.bindings:
-            if kind == "paramramp":
-                node.attrs["eta"] = float(m.eta)
-            elif kind == "leaky":
-                node.attrs["alpha"] = float(m.negative_slope)
-            node.params.update(self._params_of(node, kind, m))
+        for node, tie in self.ties:
+            node.attrs.update(tie.attrs())
+            node.params.update(tie.params())
 
     # ---- schedules ----------------------------------------------------------------------
     def set_eta(self, eta: float) -> None:
@@ -255,12 +187,13 @@ class TrainableNetwork:
         return bool(self.paramramps)
 
     def activation_kind(self) -> str:
-        ops = {n.op for n in self.activation_nodes}
-        if "ParamRamp" in ops:
-            return "paramramp"
-        if "LeakyRelu" in ops:
-            return "leaky"
-        return "relu" if ops == {"Relu"} else ",".join(sorted(ops)).lower() or "none"
+        """``paramramp`` / ``leaky`` when such activations are tied, else the activations' op
+        names (``relu`` for a ReLU net), or ``none``."""
+        kinds = {k for _, k, _ in self.bindings}
+        for kind in ("paramramp", "leaky"):
+            if kind in kinds:
+                return kind
+        return ",".join(sorted({n.op for n in self.activation_nodes})).lower() or "none"
 
     # ---- forward and bounds -------------------------------------------------------------
     def parameters(self):
@@ -306,4 +239,4 @@ class TrainableNetwork:
     def ir_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The IR's forward on torch tensors (equals :meth:`__call__` in eval mode)."""
         self.sync()
-        return self.graph.forward(x, backend=self.bk).reshape(x.shape[0], -1)
+        return evaluate(self.graph, x, backend=self.bk).reshape(x.shape[0], -1)

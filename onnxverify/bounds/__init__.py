@@ -1,4 +1,6 @@
-"""Bound methods. :func:`compute_bounds` is the one entry point.
+"""Op-agnostic bound engines: intervals (:mod:`.ibp`), forward maps (:mod:`.engine`), backward
+passes (:mod:`.backward`, :mod:`.passes`), their compositions (:mod:`.methods`), and neuron
+statuses (:mod:`.status`). :func:`compute_bounds` is the one entry point.
 
 Every method returns output bounds of ``C y`` (``(batch, K)``) when a spec ``C`` is
 given, else of the output itself (``(batch, *output_shape)``).
@@ -10,17 +12,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .affine_maps import affine_tail, spec_through_tail
 from ..backend import get_backend
-from ..errors import InputError
-from ..specs.input_sets import InputSet
 from ..ir import Graph
+from ..ops import DEFAULT_STRATEGY, STRATEGIES, check_strategy
+from ..specs.input_sets import InputSet
 from ..specs.output import apply_spec_to_interval, check_spec
+from .affine_maps import affine_tail, spec_through_tail
 from .ibp import interval_bounds
+from .methods import METHODS, MethodSpec, parse_method, parse_method_list, run_linear_method
 
-METHODS = ("ibp", "lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-V")
-STRATEGIES = ("constant", "tight", "adaptive")
-DEFAULT_STRATEGY = "adaptive"
+__all__ = ["Bounds", "DEFAULT_STRATEGY", "METHODS", "MethodSpec", "STRATEGIES", "compute_bounds",
+           "fold_spec_interval", "interval_bounds", "parse_method", "parse_method_list"]
 
 
 @dataclass
@@ -67,13 +69,9 @@ def compute_bounds(graph: Graph, input_set: InputSet, method: str = "ibp", spec=
     ``intersect_ibp``: also intersect the output bounds with IBP's (never looser; on by
     default, off to study a method on its own).
     """
-    from .methods import parse_method, run_linear_method
-
-    method = method.lower()
-    if method != "ibp":
-        parse_method(method)  # validates
-    if strategy is not None and strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    method = parse_method(method).name
+    if strategy is not None:
+        check_strategy(strategy)
     bk = get_backend(backend)
     input_set = input_set.batched(graph.input_shape)
     t0 = time.perf_counter()

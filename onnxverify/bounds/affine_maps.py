@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph
-from ..ops import rule_for
+from ..ops import rule_of
 
 CHUNK_BYTES = 256 * 2**20
 
@@ -22,8 +22,8 @@ CHUNK_BYTES = 256 * 2**20
 def affine_prefix(graph: Graph) -> list:
     """Names of the nodes whose value is an affine function of the input (Input excluded)."""
     names, inside = [], {graph.input.name}
-    for n in graph.nodes[1:]:
-        if rule_for(n.op).affine and all(i in inside for i in n.inputs):
+    for n in graph.computed:
+        if rule_of(n).affine and all(i in inside for i in n.inputs):
             inside.add(n.name)
             names.append(n.name)
     return names
@@ -37,7 +37,7 @@ def affine_tail(graph: Graph):
     names, cur = [], graph.output
     while True:
         node = graph[cur]
-        if node.op == "Input" or not rule_for(node.op).affine or len(node.inputs) != 1:
+        if node is graph.input or not rule_of(node).affine or len(node.inputs) != 1:
             break
         if cur != graph.output and len(consumers[cur]) != 1:
             break
@@ -51,7 +51,7 @@ def run_nodes(bk, graph: Graph, names: list, env: dict, bias: bool, abs_weights:
     env = dict(env)
     for name in names:
         node = graph[name]
-        rule = rule_for(node.op)
+        rule = rule_of(node)
         xs = [env[i] for i in node.inputs]
         env[name] = rule.apply_abs(bk, node, *xs) if abs_weights else rule.apply(bk, node, *xs, bias=bias)
     return env
@@ -68,7 +68,7 @@ def spec_through_tail(bk, graph: Graph, entry: str, names: list, C):
     c = bk.zeros((B * K,), dtype=C.dtype)
     for name in reversed(names):
         node = graph[name]
-        rule = rule_for(node.op)
+        rule = rule_of(node)
         shape = graph[node.inputs[0]].shape
         off = bk.reshape(rule.offset(bk, node, [shape], C.dtype), (-1,))
         c = c + bk.matmul(bk.reshape(A, (B * K, -1)), off)

@@ -2,14 +2,9 @@
 
 A neuron's status follows from its pre-activation bounds ``[l, u]`` over an input set:
 
-* ReLU family (``Relu``, ``LeakyRelu``): dead ``u <= 0``, alive ``l >= 0``, unstable
-  ``l < 0 < u``.
-* ParamRamp (bend point ``r`` per neuron, clamped to ``>= 1e-4``): left dead ``u <= 0``,
-  left unstable ``l < 0 < u <= r``, alive ``0 <= l, u <= r``, right unstable
-  ``0 <= l < r < u``, right dead ``l >= r``, unstable ``l < 0, u > r``.
-
-Where two definitions meet (``l = u = 0``, ``l = u = r``) the dead statuses win, so every
-neuron gets exactly one status.
+Each op rule with ``statuses`` classifies its neurons (``status_codes``): the ReLU family
+dead / unstable / alive (:mod:`onnxverify.ops.relu`), ParamRamp its six statuses
+(:mod:`onnxverify.ops.paramramp`). Every neuron gets exactly one status.
 
 :func:`neuron_status` counts them per activation layer from the pre-activation bounds a
 bound method produces: ``ibp`` and ``crown-ibp`` use IBP's intermediate bounds, ``lbp`` and
@@ -28,42 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import get_backend
-from ..errors import InputError
-from ..specs.input_sets import InputSet
 from ..ir import Graph
+from ..ops import rule_of
+from ..ops.paramramp import PARAMRAMP_STATUSES, paramramp_status  # noqa: F401  (re-exported)
+from ..ops.relu import RELU_STATUSES, relu_status  # noqa: F401  (re-exported)
+from ..specs.input_sets import InputSet
 
-RELU_FAMILY = ("Relu", "LeakyRelu")
-STATUS_OPS = RELU_FAMILY + ("ParamRamp",)
-
-RELU_STATUSES = ("dead", "unstable", "alive")
-PARAMRAMP_STATUSES = ("left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
 #: every status in table/plot order (left to right, bottom to top)
 ALL_STATUSES = ("dead", "left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
-
-R_MIN = 1e-4  # ParamRamp's clamp of r (same as the op's forward pass)
-
-
-# ---- classification of one layer ---------------------------------------------------------------
-def relu_status(l, u) -> np.ndarray:
-    """Status codes (indices into :data:`RELU_STATUSES`) for bounds ``l, u`` (any equal shapes)."""
-    l, u = np.asarray(l), np.asarray(u)
-    dead, alive = u <= 0, (l >= 0) & (u > 0)
-    return np.select([dead, alive], [0, 2], default=1).astype(np.int8)
-
-
-def paramramp_status(l, u, r) -> np.ndarray:
-    """Status codes (indices into :data:`PARAMRAMP_STATUSES`); ``r`` broadcasts against ``l``
-    and is clamped to ``>= 1e-4`` like in the op."""
-    l, u = np.asarray(l), np.asarray(u)
-    r = np.maximum(np.asarray(r, dtype=np.float64), R_MIN)
-    left_dead = u <= 0
-    right_dead = (l >= r) & ~left_dead
-    rest = ~(left_dead | right_dead)  # here u > 0 and l < r
-    left_unstable = rest & (l < 0) & (u <= r)
-    alive = rest & (l >= 0) & (u <= r)
-    right_unstable = rest & (l >= 0) & (u > r)
-    conds = [left_dead, left_unstable, alive, right_unstable, right_dead]
-    return np.select(conds, [0, 1, 2, 3, 4], default=5).astype(np.int8)
 
 
 @dataclass
@@ -76,9 +43,9 @@ class LayerStatus:
 
     index: int  # 1-based position among the graph's activation layers
     name: str  # the activation node
-    op: str  # Relu / LeakyRelu / ParamRamp
+    op: str  # the IR op (its rule has ``statuses``)
     input: str  # its pre-activation node
-    statuses: tuple  # RELU_STATUSES or PARAMRAMP_STATUSES
+    statuses: tuple  # the rule's status names
     counts: dict
     size: int
     batch: int
@@ -108,7 +75,7 @@ class LayerStatus:
 
 # ---- pre-activation bounds of a method ---------------------------------------------------------
 def _status_layers(graph: Graph) -> list:
-    return [n for n in graph.nodes if n.op in STATUS_OPS]
+    return [n for n in graph.computed if rule_of(n).statuses is not None]
 
 
 def preactivation_bounds(graph: Graph, input_set: InputSet, method: str = "ibp", strategy: str | None = None,
@@ -119,26 +86,19 @@ def preactivation_bounds(graph: Graph, input_set: InputSet, method: str = "ibp",
     Uses :func:`onnxverify.bounds.methods.intermediate_bounds` (the method without its
     output pass).
     """
-    from . import DEFAULT_STRATEGY, STRATEGIES
+    from ..ops import DEFAULT_STRATEGY, check_strategy
     from .ibp import interval_bounds
-    from .linear import bound_nodes
+    from .methods import intermediate_bounds, parse_method
+    from .passes import bound_nodes
 
-    method = method.lower()
+    method = parse_method(method).name
     bk = get_backend(backend)
     iset = input_set.batched(graph.input_shape)
     env = interval_bounds(bk, graph, iset, dtype)
     needs = bound_nodes(graph)
     if method == "ibp":
         return {n: env[n] for n in needs}
-    strategy = strategy or DEFAULT_STRATEGY
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    return _linear_preactivation_bounds(graph, iset, method, strategy, bk, dtype, env, needs, max_memory)
-
-
-def _linear_preactivation_bounds(graph, iset, method, strategy, bk, dtype, env, needs, max_memory):
-    from .methods import intermediate_bounds
-
+    strategy = check_strategy(strategy or DEFAULT_STRATEGY)
     if not needs:
         return {}
     eng = intermediate_bounds(graph, iset, method, strategy, bk, dtype, env, max_memory, stop_after=needs[-1])
@@ -147,33 +107,26 @@ def _linear_preactivation_bounds(graph, iset, method, strategy, bk, dtype, env, 
 
 def neuron_status(network_or_graph, input_set: InputSet, method: str = "ibp", strategy: str | None = None,
                   backend=None, dtype=np.float32, max_memory: int | None = None) -> list:
-    """Per-layer neuron statuses (list of :class:`LayerStatus`, in graph order) of every
-    ReLU / LeakyReLU / ParamRamp layer, from the pre-activation bounds of ``method``
-    (``ibp``, ``lbp``, ``crown-ibp``, ``crown-lbp``, ``crown``, ``relaxed-crown-V``) with
-    bounding-line ``strategy`` (linear methods; default ``adaptive``).
+    """Per-layer neuron statuses (list of :class:`LayerStatus`, in graph order) of every layer
+    whose rule has statuses (ReLU / LeakyReLU / ParamRamp), from the pre-activation bounds of
+    ``method`` (``ibp``, ``lbp``, ``crown-ibp``, ``crown-lbp``, ``crown``, ``relaxed-crown-V``)
+    with bounding-line ``strategy`` (linear methods; default ``adaptive``).
 
-    Other activations (Sigmoid, Tanh) and MaxPool have no statuses and are skipped.
+    Layers without statuses (Sigmoid, Tanh, MaxPool, ...) are skipped.
     """
-    from . import DEFAULT_STRATEGY
-    from .methods import parse_method
+    from ..ops import DEFAULT_STRATEGY
 
     graph = getattr(network_or_graph, "graph", network_or_graph)
     if not isinstance(graph, Graph):
         raise TypeError(f"expected a Network or Graph, got {type(network_or_graph).__name__}")
-    method = method.lower()
-    if method != "ibp":
-        parse_method(method)
     bounds = preactivation_bounds(graph, input_set, method, strategy, backend, dtype, max_memory)
+    method = method.lower()
     bk = get_backend(backend)
     out = []
     for k, node in enumerate(_status_layers(graph), 1):
         lo, hi = (np.asarray(bk.to_numpy(a), dtype=np.float64) for a in bounds[node.inputs[0]])
-        if node.op == "ParamRamp":
-            r = node.params["r"]
-            r = np.asarray(r.detach().cpu().numpy() if hasattr(r, "detach") else r, dtype=np.float64)
-            codes, names = paramramp_status(lo, hi, r), PARAMRAMP_STATUSES
-        else:
-            codes, names = relu_status(lo, hi), RELU_STATUSES
+        rule = rule_of(node)
+        codes, names = rule.status_codes(node, lo, hi), rule.statuses
         counts = {s: int((codes == i).sum()) for i, s in enumerate(names)}
         out.append(LayerStatus(k, node.name, node.op, node.inputs[0], names, counts, node.size, lo.shape[0],
                                method, None if method == "ibp" else (strategy or DEFAULT_STRATEGY), codes))

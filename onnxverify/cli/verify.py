@@ -50,7 +50,7 @@ def _watchdog(seconds, result_path):
 @click.option("--methods", default=None,
               help="Bound cascade, cheap to tight: comma-separated METHOD[:STRATEGY] "
                    "(default ibp,crown-ibp:adaptive,crown-lbp:adaptive,crown:adaptive, without crown-lbp for "
-                   "inputs of more than 1024 values; missing ones are skipped).")
+                   "inputs of more than 1024 values; an unknown method or strategy is an error).")
 @click.option("--no-split", is_flag=True, help="No input bisection (branch and bound on the input box).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks.")
 @click.option("--check-only", is_flag=True, help="Only load the model and parse the property (for prepare_instance).")

@@ -1,11 +1,14 @@
 """ONNX -> IR importer.
 
-Walks the ONNX graph once in topological order. Tensors are either *constants*
+First a scan (:func:`unsupported_nodes`) marks every tensor that depends on the network
+input and names, all at once, every node on such a tensor that no converter handles at the
+model's opset. Then one walk in topological order: tensors are either *constants*
 (initializers, Constant nodes, and everything computable from them: shape arithmetic is
-folded here) or *computed* (they depend on the network input and become IR nodes).
-Every computed tensor carries a probe value: the IR evaluated at a zero input with batch
-1, which gives its shape and answers ``Shape`` nodes. Converters for each ONNX op type
-live in :mod:`onnxverify.onnx.converters`; the fusion passes run afterwards.
+folded here with onnx's reference evaluator) or *computed* (they become IR nodes). Every
+computed tensor carries a probe value: the IR evaluated at a zero input with batch 1, which
+gives its shape and answers ``Shape`` nodes. The converters live with their op rules
+(:mod:`onnxverify.ops`, resolved by ``(domain, op_type, opset)`` in the registry); the exact
+fusion passes (:mod:`.passes`) run afterwards.
 """
 from __future__ import annotations
 
@@ -17,21 +20,16 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError, UnsupportedOpError
-from ..ir import Graph, Node
+from ..ir import INPUT, Graph, Node
+from ..ops import REGISTRY, rule_of
 
-# ONNX ops that are fine whenever all their inputs are constants (evaluated by onnx's
-# reference evaluator); on computed tensors they need a converter.
-FOLD_ONLY = {
-    "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Cast", "ConstantOfShape",
-    "Slice", "Range", "Mul", "Add", "Sub", "Div", "Equal", "Where", "Expand", "Size", "Floor",
-    "Ceil", "Sqrt", "Neg", "ReduceProd", "ReduceSum", "Transpose", "Identity", "Min", "Max",
-    "Not", "Less", "Greater", "And", "Or", "Pow", "Abs", "Clip", "Flatten", "Tile", "Split", "Constant",
-}
+_DEFAULT = ("", "ai.onnx")
 
 
 @dataclass
 class ImportContext:
-    """State of one import: constants, computed tensors (name -> IR node name) and probes."""
+    """State of one import: constants, computed tensors (name -> IR node name) and probes.
+    Converters use the methods below (see :mod:`onnxverify.ops.importing`)."""
 
     opset: int
     consts: dict = field(default_factory=dict)  # onnx tensor name -> np.ndarray
@@ -53,10 +51,15 @@ class ImportContext:
         """Sample shape (no batch axis) of a computed ONNX tensor."""
         return tuple(self.probes[self.alias[name]].shape[1:])
 
+    def set_const(self, name: str, value) -> None:
+        self.consts[name] = np.asarray(value)
+
+    def set_alias(self, onnx_name: str, ir_name: str) -> None:
+        """ONNX tensor ``onnx_name`` is the same value as IR node ``ir_name``."""
+        self.alias[onnx_name] = ir_name
+
     def add(self, onnx_out: str, op: str, inputs, params=None, attrs=None, source: str = "", shape=None) -> str:
         """Append an IR node computing ONNX tensor ``onnx_out``; returns the IR name."""
-        from ..ops import rule_for
-
         name = onnx_out
         while name in self.used_names:
             name = name + "'"
@@ -64,7 +67,7 @@ class ImportContext:
         node = Node(name, op, tuple(inputs), dict(params or {}), dict(attrs or {}), tuple(shape or ()), source)
         probe_in = [self.probes[i] for i in node.inputs]
         try:
-            out = rule_for(op).forward(_numpy(), node, *probe_in)
+            out = rule_of(node).forward(_numpy(), node, *probe_in)
         except Exception as e:  # shape errors surface here, with the node named
             raise ModelError(f"node {source or name} ({op}): cannot evaluate: {e}") from None
         node.shape = tuple(out.shape[1:])
@@ -147,57 +150,79 @@ def _check_finite(model: onnx.ModelProto):
             raise ModelError(f"initializer {init.name} has {bad} NaN/Inf value(s)")
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def _opsets(model: onnx.ModelProto) -> dict:
+    """Opset version per domain (``""`` for the default domain; 13 when none is declared)."""
+    out = {}
     for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return int(o.version)
-    return 13
+        out["" if o.domain in _DEFAULT else o.domain] = int(o.version)
+    out.setdefault("", 13)
+    return out
+
+
+def _domain_opset(opsets: dict, domain: str) -> int:
+    return opsets.get("" if domain in _DEFAULT else domain, 1)
+
+
+def unsupported_nodes(model: onnx.ModelProto, opsets: dict | None = None) -> list:
+    """``(op_type, label)`` of every node that reads a tensor computed from the network input
+    and that no converter handles at the model's opset. Constant subgraphs are folded, so
+    they never need converters; an unsupported node's outputs count as computed, so the nodes
+    after it are checked too."""
+    opsets = opsets or _opsets(model)
+    inits = {i.name for i in model.graph.initializer}
+    computed = {i.name for i in model.graph.input if i.name not in inits}
+    bad = []
+    for node in _toposort(model.graph):
+        if not any(i in computed for i in node.input if i):
+            continue
+        conv = REGISTRY.converter(node.domain, node.op_type, _domain_opset(opsets, node.domain))
+        if conv is None:
+            label = node.name or node.output[0]
+            versions = [c.since for c in REGISTRY.converters_for(node.domain, node.op_type)]
+            if versions:
+                label += f" (needs opset >= {min(versions)}; the model declares {_domain_opset(opsets, node.domain)})"
+            elif node.domain in _DEFAULT:
+                label += " (on a computed tensor)"
+            bad.append((node.op_type, label))
+        if conv is None or not conv.yields_constant:
+            computed.update(o for o in node.output if o)
+    return bad
 
 
 def import_model(model_or_path, fuse: bool = True) -> Graph:
     """ONNX model (or path) -> :class:`Graph`. Raises :class:`ModelError` with one line."""
-    from .converters import CONVERTERS, convert_node
-
     model = load_model(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
     _check_finite(model)
-    opset = _opset(model)
-    ctx = ImportContext(opset=opset)
+    opsets = _opsets(model)
+    unknown = unsupported_nodes(model, opsets)  # before the input checks: the op is the real problem
+    if unknown:
+        raise UnsupportedOpError(unknown)
+    ctx = ImportContext(opset=opsets[""])
     for init in model.graph.initializer:
         ctx.consts[init.name] = numpy_helper.to_array(init)
     in_name, in_shape = _graph_input(model)
     ctx.used_names.add(in_name)
-    ctx.nodes.append(Node(in_name, "Input", (), {}, {}, in_shape, "graph input"))
+    ctx.nodes.append(Node(in_name, INPUT, (), {}, {}, in_shape, "graph input"))
     ctx.alias[in_name] = in_name
     ctx.probes[in_name] = np.zeros((1,) + in_shape, dtype=np.float32)
 
-    unknown = [(n.op_type, n.name or n.output[0]) for n in model.graph.node
-               if (n.domain, n.op_type) not in CONVERTERS and not (n.domain in ("", "ai.onnx") and n.op_type in FOLD_ONLY)]
-    if unknown:
-        raise UnsupportedOpError(unknown)
-
-    nodes = _toposort(model.graph)
-    fold_only_computed = []
-    for node in nodes:
+    for node in _toposort(model.graph):
         label = node.name or node.output[0]
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and node.domain in _DEFAULT:
             ctx.consts[node.output[0]] = _constant_value(node)
             continue
-        if all(ctx.is_const(i) for i in node.input) and node.domain in ("", "ai.onnx"):
+        if all(ctx.is_const(i) for i in node.input) and node.domain in _DEFAULT:
             try:
-                outs = _fold(node, [ctx.const(i) for i in node.input], opset)
+                outs = _fold(node, [ctx.const(i) for i in node.input], opsets[""])
             except Exception as e:
                 raise ModelError(f"node {label} ({node.op_type}): cannot fold constants: {str(e)[:200]}") from None
             for name, val in zip(node.output, outs):
                 ctx.consts[name] = np.asarray(val)
             continue
-        if any(i and i not in ctx.alias and i not in ctx.consts for i in node.input):
-            continue  # downstream of an unsupported node, which is reported already
-        if (node.domain, node.op_type) not in CONVERTERS:
-            fold_only_computed.append((node.op_type, label))
-            continue
-        convert_node(ctx, node, _attrs(node), label)
-    if fold_only_computed:
-        raise UnsupportedOpError([(op, f"{name} (on a computed tensor)") for op, name in fold_only_computed])
+        conv = REGISTRY.converter(node.domain, node.op_type, _domain_opset(opsets, node.domain))
+        if conv is None:  # a custom-domain node on constants only
+            raise UnsupportedOpError([(node.op_type, label)])
+        conv.fn(ctx, node, _attrs(node), label)
 
     outs = [o.name for o in model.graph.output]
     if len(outs) != 1:
@@ -258,5 +283,5 @@ def _reachable(nodes: list, output: str) -> set:
             continue
         keep.add(name)
         stack.extend(by_name[name].inputs)
-    keep.add(next(n.name for n in nodes if n.op == "Input"))
+    keep.add(next(n.name for n in nodes if n.op == INPUT))
     return keep

@@ -4,19 +4,32 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..ops import REGISTRY
 
-def with_paramramp_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with the ParamRamp function body attached when the model uses the op but a
-    tool pass dropped the function (stock onnxruntime needs the body); else ``model``."""
-    from ..converters.paramramp_onnx import DOMAIN, OP_TYPE, attach_paramramp_function
 
-    uses = any(n.domain == DOMAIN and n.op_type == OP_TYPE for n in model.graph.node)
-    has = any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions)
-    if not uses or has:
+def with_op_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with the function bodies of custom-domain ops attached where the model uses such
+    an op but a tool pass dropped its model-local function (stock onnxruntime needs the body;
+    the op's rule provides it as ``onnx_function(opset)``); else ``model`` itself."""
+    have = {(f.domain, f.name) for f in model.functions}
+    used = {(n.domain, n.op_type) for n in model.graph.node if n.domain not in ("", "ai.onnx")}
+    versions = {o.domain: int(o.version) for o in model.opset_import}
+    bodies = []
+    for domain, op_type in sorted(used - have):
+        conv = REGISTRY.converter(domain, op_type, versions.get(domain, 1))
+        make = getattr(conv.rule, "onnx_function", None) if conv is not None else None
+        if make is not None:
+            bodies.append((domain, make(versions.get("", versions.get("ai.onnx", 13)))))
+    if not bodies:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return attach_paramramp_function(copy)
+    for domain, body in bodies:
+        copy.functions.append(body)
+        if domain not in versions:
+            copy.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    copy.ir_version = max(copy.ir_version, 8)  # model-local functions need IR >= 8
+    return copy
 
 
 class OrtModel:
@@ -29,7 +42,7 @@ class OrtModel:
         import onnxruntime as ort
 
         model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path))
-        model = with_paramramp_function(model)
+        model = with_op_functions(model)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1

@@ -1,80 +1,21 @@
-"""Op rules: one object per IR op, registered by name.
+"""Op rules: one module per op family, every rule of an op in one place.
 
-A rule says, in one place, how its op evaluates (``forward``) and maps an interval
-(``ibp``). Affine ops (:class:`AffineRule`) also give ``apply`` without the bias,
-``apply_abs`` (absolute weights) and ``adjoint`` (the transpose): the forward linear pass
-uses the first two, backward passes the third. Activation bounding lines live in
-:mod:`onnxverify.relaxations`; MaxPool's relaxation is on its rule.
+The protocol is :class:`~.base.OpRule` (see :mod:`.base`); generic rules for affine and
+elementwise ops are in :mod:`.generic`; the strict, versioned registry is :data:`REGISTRY`
+(:mod:`.registry`). Importing this package imports every module in it, which fills the
+registry: adding an op is one new module in this folder -- nothing else.
 """
-from __future__ import annotations
+import importlib
+import pkgutil
 
-REGISTRY: dict = {}
+from .base import DEFAULT_STRATEGY, STRATEGIES, Example, Maps, OpRule, TorchTie, check_strategy, onnx_op
+from .evaluate import evaluate
+from .generic import AffineRule, ElementwiseRule
+from .registry import REGISTRY, Registry, register, rule_of
 
+# the op families: importing a module registers its rules and converters
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    importlib.import_module(f"{__name__}.{_info.name}")
 
-def register(cls):
-    """Class decorator: instantiate the rule and file it under ``cls.op``."""
-    REGISTRY[cls.op] = cls()
-    return cls
-
-
-def rule_for(op: str):
-    try:
-        return REGISTRY[op]
-    except KeyError:
-        raise KeyError(f"no IR rule for op {op!r}") from None
-
-
-class OpRule:
-    op = ""
-    affine = False  # True: output is affine in the inputs (exact under linear bounds)
-
-    def forward(self, bk, node, *xs):
-        raise NotImplementedError
-
-    def ibp(self, bk, node, *bounds):
-        """``bounds``: one ``(lower, upper)`` pair per input -> ``(lower, upper)`` of the output."""
-        raise NotImplementedError
-
-
-class AffineRule(OpRule):
-    """Ops ``y = L(x_1, ..., x_k) + c`` with ``L`` linear. Subclasses define ``apply``."""
-
-    affine = True
-
-    def apply(self, bk, node, *xs, bias: bool = True):
-        raise NotImplementedError
-
-    def apply_abs(self, bk, node, *xs):
-        """``|L|(x)``: the linear part with absolute weights, no bias. Default: L itself
-        (true for ops whose weights are all >= 0: reshapes, pads, pooling, concat, add)."""
-        return self.apply(bk, node, *xs, bias=False)
-
-    def adjoint(self, bk, node, A, in_shapes):
-        """Transpose of the linear part: ``A (M, *out_shape)`` -> one ``(M, *in_shape)`` per input."""
-        raise NotImplementedError
-
-    def offset(self, bk, node, in_shapes, dtype):
-        """The output at all-zero inputs, ``(1, *shape)``: the op's constant term."""
-        zeros = [bk.zeros((1,) + tuple(s), dtype=dtype) for s in in_shapes]
-        return self.apply(bk, node, *zeros, bias=True)
-
-    def forward(self, bk, node, *xs):
-        return self.apply(bk, node, *xs, bias=True)
-
-    def ibp(self, bk, node, *bounds):
-        mids = [(lo + hi) / 2 for lo, hi in bounds]
-        rads = [(hi - lo) / 2 for lo, hi in bounds]
-        mid = self.apply(bk, node, *mids, bias=True)
-        rad = self.apply_abs(bk, node, *rads)
-        return mid - rad, mid + rad
-
-
-class MonotoneRule(OpRule):
-    """Elementwise non-decreasing ops: the interval maps endpoint to endpoint."""
-
-    def ibp(self, bk, node, bounds):
-        lo, hi = bounds
-        return self.forward(bk, node, lo), self.forward(bk, node, hi)
-
-
-from . import activation, linear, pooling, structure  # noqa: E402,F401  (fill the registry)
+__all__ = ["AffineRule", "DEFAULT_STRATEGY", "ElementwiseRule", "Example", "Maps", "OpRule", "REGISTRY", "Registry",
+           "STRATEGIES", "TorchTie", "check_strategy", "evaluate", "onnx_op", "register", "rule_of"]

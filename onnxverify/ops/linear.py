@@ -1,65 +1,107 @@
-"""Linear (Gemm/MatMul), Conv and Affine (BatchNorm, Sub/Div/Mul/Add by constants)."""
+"""``Linear``: ``y = x @ W.T + b`` on the last axis (ONNX ``Gemm`` and ``MatMul`` by a constant)."""
 from __future__ import annotations
 
-from ..ir import params_as
-from . import AffineRule, register
+import numpy as np
+
+from .base import Example, TorchTie, find_submodule, onnx_op
+from .generic import AffineRule
+from .importing import fail, sample_param
+from .registry import register
+
+_RNG = np.random.default_rng(0)
+_W = _RNG.normal(size=(5, 4)).astype(np.float32)  # (k, n) for MatMul, (n, k) for Gemm with transB
+
+
+class ConvLikeTie(TorchTie):
+    """Weight and bias straight from an ``nn.Linear`` / ``nn.Conv2d``."""
+
+    kind = "weights"
+
+    def params(self):
+        w = self.module.weight
+        b = self.module.bias
+        if b is None:
+            import torch
+
+            b = torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+        return {"weight": w, "bias": b}
 
 
 @register
 class Linear(AffineRule):
-    """``y = x @ W.T + b`` on the last axis. params: ``weight (out, in)``, ``bias (out,)``."""
+    """params: ``weight (out, in)``, ``bias (out,)``."""
 
     op = "Linear"
+    mixes = True
 
     def apply(self, bk, node, x, bias=True):
-        y = bk.matmul(x, bk.transpose(params_as(bk, node, "weight", x.dtype), (1, 0)))
-        return y + params_as(bk, node, "bias", x.dtype) if bias else y
+        w = bk.const(node.params["weight"], x.dtype)
+        y = bk.matmul(x, bk.transpose(w, (1, 0)))
+        return y + bk.const(node.params["bias"], x.dtype) if bias else y
 
     def apply_abs(self, bk, node, x):
-        w = params_as(bk, node, "weight", x.dtype)
+        w = bk.const(node.params["weight"], x.dtype)
         return bk.matmul(x, bk.transpose(bk.abs(w), (1, 0)))
 
     def adjoint(self, bk, node, A, in_shapes):
-        return [bk.matmul(A, params_as(bk, node, "weight", A.dtype))]
+        return [bk.matmul(A, bk.const(node.params["weight"], A.dtype))]
+
+    def absorb_channel_affine(self, node, scale, shift):
+        per_out = [_per_last_axis(p, node.shape) for p in (scale, shift)]
+        if any(p is None for p in per_out):
+            return None
+        s, t = per_out
+        w = node.params["weight"].astype(np.float64) * s[:, None]
+        b = node.params["bias"].astype(np.float64) * s + t
+        return {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+
+    def torch_tie(self, node, submodule):
+        from torch import nn
+
+        m = find_submodule(submodule, nn.Linear)
+        return ConvLikeTie(m) if m is not None else None
+
+    # -- import --------------------------------------------------------------------------------------
+    @onnx_op("Gemm", since=1, examples=(
+        Example(((2, 5), _W.T.copy(), np.arange(4, dtype=np.float32)), {"transB": 1}),
+        Example(((3, 5), _W, np.float32(0.5)), {"alpha": 0.5, "beta": 2.0}),
+    ))
+    def convert_gemm(self, ctx, node, attrs, label):
+        a, b = node.input[0], node.input[1]
+        if ctx.is_const(a) or not ctx.is_const(b):
+            fail(label, "Gemm", "only Gemm(computed A, constant B) is supported")
+        if attrs.get("transA", 0):
+            fail(label, "Gemm", "transA=1 on a computed input mixes the batch axis")
+        if len(ctx.shape_of(a)) != 1:
+            fail(label, "Gemm", f"input A must be 2-D (batch, k), got sample shape {ctx.shape_of(a)}")
+        B = ctx.const(b).astype(np.float32)
+        W = (B if attrs.get("transB", 0) else B.T) * np.float32(attrs.get("alpha", 1.0))
+        bias = np.zeros(W.shape[0], dtype=np.float32)
+        if len(node.input) > 2 and node.input[2]:
+            c = ctx.const(node.input[2]).astype(np.float32) * np.float32(attrs.get("beta", 1.0))
+            bias = bias + np.broadcast_to(sample_param(c, 2, label, "Gemm"), bias.shape)
+        ctx.add(node.output[0], "Linear", [ctx.computed(a)], {"weight": np.ascontiguousarray(W), "bias": bias},
+                source=label)
+
+    @onnx_op("MatMul", since=1, examples=(Example(((2, 5), _W)), Example(((1, 3, 5), _W))))
+    def convert_matmul(self, ctx, node, attrs, label):
+        a, b = node.input
+        if ctx.is_const(a) or not ctx.is_const(b):
+            fail(label, "MatMul", "only MatMul(computed, constant matrix) is supported")
+        B = ctx.const(b).astype(np.float32)
+        if B.ndim != 2:
+            fail(label, "MatMul", f"the constant operand must be a matrix, got shape {B.shape}")
+        if len(ctx.shape_of(a)) < 1 or ctx.shape_of(a)[-1] != B.shape[0]:
+            fail(label, "MatMul", f"shape mismatch: {ctx.shape_of(a)} @ {B.shape}")
+        ctx.add(node.output[0], "Linear", [ctx.computed(a)],
+                {"weight": np.ascontiguousarray(B.T), "bias": np.zeros(B.shape[1], dtype=np.float32)}, source=label)
 
 
-@register
-class Conv(AffineRule):
-    """2-D convolution. params: ``weight (O, C/groups, kh, kw)``, ``bias (O,)``;
-    attrs: ``stride``, ``pads`` (top, left, bottom, right), ``dilation``, ``groups``."""
-
-    op = "Conv"
-
-    def apply(self, bk, node, x, bias=True, weight=None):
-        a = node.attrs
-        w = params_as(bk, node, "weight", x.dtype) if weight is None else weight
-        y = bk.conv2d(x, w, a["stride"], a["pads"], a["dilation"], a["groups"])
-        if bias:
-            y = y + bk.reshape(params_as(bk, node, "bias", x.dtype), (-1, 1, 1))
-        return y
-
-    def apply_abs(self, bk, node, x):
-        return self.apply(bk, node, x, bias=False, weight=bk.abs(params_as(bk, node, "weight", x.dtype)))
-
-    def adjoint(self, bk, node, A, in_shapes):
-        a = node.attrs
-        w = params_as(bk, node, "weight", A.dtype)
-        return [bk.conv_transpose2d(A, w, a["stride"], a["pads"], a["dilation"], a["groups"], tuple(in_shapes[0][1:]))]
-
-
-@register
-class Affine(AffineRule):
-    """Elementwise ``y = x * scale + shift``; ``scale``/``shift`` broadcast to the sample shape
-    (per-channel ``(C, 1, 1)`` for BatchNorm, scalars for normalisation constants)."""
-
-    op = "Affine"
-
-    def apply(self, bk, node, x, bias=True):
-        y = x * params_as(bk, node, "scale", x.dtype)
-        return y + params_as(bk, node, "shift", x.dtype) if bias else y
-
-    def apply_abs(self, bk, node, x):
-        return x * bk.abs(params_as(bk, node, "scale", x.dtype))
-
-    def adjoint(self, bk, node, A, in_shapes):
-        return [A * params_as(bk, node, "scale", A.dtype)]
+def _per_last_axis(p, shape):
+    """``p`` (broadcastable to ``shape``) as a vector over the last axis, or None when it
+    varies along other axes."""
+    p = np.asarray(p)
+    if p.ndim > len(shape):
+        return None
+    full = np.broadcast_to(p, shape).reshape(-1, shape[-1])
+    return full[0] if np.all(full == full[:1]) else None

@@ -1,4 +1,6 @@
-"""MaxPool and AveragePool over (N, C, H, W)."""
+"""Window pooling over ``(N, C, H, W)``: ``MaxPool`` (nonlinear, with a sound linear
+relaxation) and ``AvgPool`` (AveragePool and GlobalAveragePool: linear, weights >= 0), and
+the ONNX window geometry (pads, ceil mode, divisors) both share."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +9,10 @@ import math
 import numpy as np
 
 from ..backend import window_views
-from . import AffineRule, MonotoneRule, register
+from .base import Example, Maps, OpRule, onnx_op, unfold
+from .generic import AffineRule, flat
+from .importing import fail, window_pads
+from .registry import register
 
 
 # ---- window geometry (ONNX rules) ----------------------------------------------------------
@@ -59,25 +64,43 @@ def _divisor(hw, kernel, stride, pads, ceil_mode, count_include_pad) -> np.ndarr
     return div
 
 
+
+def _pool_attrs(ctx, node, attrs, label):
+    shape = ctx.shape_of(node.input[0])
+    if len(shape) != 3:
+        fail(label, node.op_type, f"only 2-D pooling is supported (sample shape {shape})")
+    kernel = tuple(attrs["kernel_shape"])
+    stride = tuple(attrs.get("strides", [1, 1]))
+    dilation = tuple(attrs.get("dilations", [1, 1]))
+    pads = window_pads(attrs, shape[1:], kernel, stride, dilation)
+    return kernel, stride, dilation, pads
+
+
 @register
-class MaxPool(MonotoneRule):
+class MaxPool(OpRule):
     """attrs: ``kernel``, ``stride``, ``pads`` (t, l, b, r), ``dilation``, ``ceil_mode``.
-    Max is monotone in every input, so IBP maps lower to lower and upper to upper."""
+    Max is monotone in every input, so IBP maps lower to lower and upper to upper.
+
+    Linear relaxation: ``y >= x_j*`` (``j*`` the argmax of the lower bounds in the window);
+    ``y <= x_j*`` when that input dominates its window (``l_j* >= u_j`` for all ``j != j*``),
+    else ``y <= max_j u_j``."""
 
     op = "MaxPool"
+    monotone = True
 
     def forward(self, bk, node, x):
         a = node.attrs
         _, widths = pool_geometry(x.shape[2:], a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
         return bk.max_pool2d(bk.pad(x, widths, value=-np.inf), a["kernel"], a["stride"], a["dilation"])
 
+    def kernel_size(self, node) -> int:
+        return int(np.prod(node.attrs["kernel"]))
 
-    # ---- linear relaxation: y >= x_j* (j* = argmax of the lower bounds in the window);
-    # y <= x_j* when that input dominates its window (l_j* >= u_j for all j != j*), else y <= max u.
-    def relax(self, bk, node, l, u):
-        """Returns ``(select, decided, upper_const)``: ``select`` a list (one per kernel offset)
-        of 0/1 arrays ``(B, C, Ho, Wo)`` marking j*, ``decided`` a 0/1 array, and ``upper_const``
-        the constant upper line max_j u_j."""
+    def relax(self, bk, node, bounds, strategy):
+        """``(select, decided, upper_const)``: ``select`` a list (one per kernel offset) of 0/1
+        arrays ``(B, C, Ho, Wo)`` marking ``j*``, ``decided`` a 0/1 array, and ``upper_const``
+        the constant upper line ``max_j u_j``. The same for every strategy."""
+        (l, u), = bounds
         a = node.attrs
         (ho, wo), widths = pool_geometry(l.shape[2:], a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
         lw = list(window_views(bk.pad(l, widths, value=-np.inf), a["kernel"], a["stride"], a["dilation"], (ho, wo)))
@@ -124,6 +147,50 @@ class MaxPool(MonotoneRule):
             out[:, :, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw] += A * s[:, None]
         return out[:, :, :, widths[2][0]:widths[2][0] + in_hw[0], widths[3][0]:widths[3][0] + in_hw[1]]
 
+    def forward_linear(self, bk, node, relax, maps):
+        select, decided, upper = relax
+        (m,) = maps
+        B, n0 = m.Lk.shape[:2]
+        gk = lambda k: unfold(bk, self.gather(bk, node, bk.reshape(k, (B * n0,) + tuple(k.shape[2:])), select), B, n0)  # noqa: E731
+        gc = lambda c: self.gather(bk, node, c, select)  # noqa: E731
+        return Maps(gk(m.Lk), gc(m.Lc), gk(m.Uk) * decided[:, None], gc(m.Uc) * decided + (1 - decided) * upper)
+
+    def backward_linear(self, bk, node, step, AL, AU):
+        select, decided, upper_c = step.relax
+        in_hw = tuple(step.in_shapes[0][1:])
+        dec = decided[:, None]
+        new, biases = [], []
+        for s, A in enumerate((AL, AU)):
+            if A is None:
+                new.append(None)
+                biases.append(None)
+                continue
+            lower_part, upper_part = (bk.pos(A), bk.neg(A)) if s == 0 else (bk.neg(A), bk.pos(A))
+            # lower line y >= x_j*, upper line y <= x_j* (decided) or max u (not decided)
+            through = lower_part + upper_part * dec
+            biases.append(bk.sum(flat(bk, upper_part * (1 - dec) * upper_c[:, None], 2), axis=2))
+            new.append(self.scatter(bk, node, through, select, in_hw))
+        return [tuple(new)], tuple(biases)
+
+    def vjp(self, bk, node, g, xs, y):
+        x = xs[0]
+        select, _, _ = self.relax(bk, node, [(x, x)], "adaptive")
+        return [self.scatter(bk, node, g[:, None], select, tuple(x.shape[2:]))[:, 0]]
+
+    @onnx_op("MaxPool", since=1, examples=(
+        Example(((1, 2, 5, 6),), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+        Example(((2, 1, 7, 7),), {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "ceil_mode": 1},
+                opsets=(10, 21)),
+        Example(((1, 2, 6, 6),), {"kernel_shape": [2, 2], "dilations": [2, 1]}, opsets=(10, 21)),
+    ))
+    def convert(self, ctx, node, attrs, label):
+        if len(node.output) > 1 and node.output[1]:
+            fail(label, "MaxPool", "the Indices output is not supported")
+        kernel, stride, dilation, pads = _pool_attrs(ctx, node, attrs, label)
+        ctx.add(node.output[0], "MaxPool", [ctx.computed(node.input[0])],
+                attrs={"kernel": kernel, "stride": stride, "pads": pads, "dilation": dilation,
+                       "ceil_mode": bool(attrs.get("ceil_mode", 0))}, source=label)
+
 
 @register
 class AvgPool(AffineRule):
@@ -131,6 +198,7 @@ class AvgPool(AffineRule):
     A linear map with non-negative weights."""
 
     op = "AvgPool"
+    mixes = True
 
     def apply(self, bk, node, x, bias=True):
         a = node.attrs
@@ -146,6 +214,39 @@ class AvgPool(AffineRule):
         c, h, w = in_shapes[0]
         _, widths = pool_geometry((h, w), a["kernel"], a["stride"], a["pads"], (1, 1), a["ceil_mode"])
         div = avg_pool_divisor((h, w), a["kernel"], a["stride"], a["pads"], a["ceil_mode"], a["count_include_pad"])
-        ones = bk.asarray(np.ones((c, 1) + tuple(a["kernel"])), dtype=A.dtype)
+        ones = bk.const(_ones_kernel(c, tuple(a["kernel"])), A.dtype)
         pads = (widths[2][0], widths[3][0], widths[2][1], widths[3][1])
-        return [bk.conv_transpose2d(A / bk.asarray(div, dtype=A.dtype), ones, a["stride"], pads, (1, 1), c, (h, w))]
+        return [bk.conv_transpose2d(A / bk.const(div, A.dtype), ones, a["stride"], pads, (1, 1), c, (h, w))]
+
+    def kernel_size(self, node) -> int:
+        return int(np.prod(node.attrs["kernel"]))
+
+    @onnx_op("AveragePool", since=1, examples=(
+        Example(((1, 2, 5, 6),), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+        Example(((2, 1, 7, 6),), {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1],
+                                  "count_include_pad": 1}),
+        Example(((1, 2, 7, 7),), {"kernel_shape": [2, 3], "strides": [2, 2], "ceil_mode": 1}, opsets=(10, 21)),
+    ))
+    def convert(self, ctx, node, attrs, label):
+        kernel, stride, dilation, pads = _pool_attrs(ctx, node, attrs, label)
+        if dilation != (1, 1):
+            fail(label, "AveragePool", "dilations are not supported")
+        ctx.add(node.output[0], "AvgPool", [ctx.computed(node.input[0])],
+                attrs={"kernel": kernel, "stride": stride, "pads": pads, "ceil_mode": bool(attrs.get("ceil_mode", 0)),
+                       "count_include_pad": bool(attrs.get("count_include_pad", 0))}, source=label)
+
+    @onnx_op("GlobalAveragePool", since=1, examples=(Example(((2, 3, 4, 5),)),))
+    def convert_global(self, ctx, node, attrs, label):
+        shape = ctx.shape_of(node.input[0])
+        if len(shape) != 3:
+            fail(label, "GlobalAveragePool", f"only 2-D inputs are supported (sample shape {shape})")
+        ctx.add(node.output[0], "AvgPool", [ctx.computed(node.input[0])],
+                attrs={"kernel": tuple(shape[1:]), "stride": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False,
+                       "count_include_pad": False}, source=label)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones_kernel(c: int, kernel: tuple) -> np.ndarray:
+    k = np.ones((c, 1) + kernel)
+    k.setflags(write=False)
+    return k

@@ -20,9 +20,11 @@ def _finite(name, a):
 
 
 class InputSet:
-    """Base class. ``p`` is the norm of the set (``inf`` for boxes)."""
+    """Base class. ``p`` is the norm of the set (``inf`` for boxes); ``q`` the dual norm's
+    exponent for l_p balls whose affine prefix is mapped exactly (None for boxes)."""
 
     p = np.inf
+    q = None
 
     def box(self) -> tuple:
         """An axis-aligned box ``(lower, upper)`` containing the set."""
@@ -31,6 +33,20 @@ class InputSet:
     def batched(self, input_shape: tuple) -> "InputSet":
         """The same set with arrays of shape ``(batch, *input_shape)``; raises on mismatch."""
         raise NotImplementedError
+
+    def concretize(self, bk, A, c, upper: bool):
+        """The bound of ``A x + c`` over the set: ``A (B, K, n0)`` (coefficients of the flattened
+        input), ``c (B, K)`` -> ``(B, K)``, the maximum (``upper``) or the minimum."""
+        raise NotImplementedError
+
+    def _flat(self, bk, name: str, a, dtype):
+        """``a`` as a backend array ``(B, n0)`` in ``dtype``, converted once per backend."""
+        cache = self.__dict__.setdefault("_device", {})
+        key = (bk.name, name, str(dtype))
+        if key not in cache:
+            batch = a.shape[0]
+            cache[key] = bk.reshape(bk.asarray(a, dtype=dtype), (batch, -1))
+        return cache[key]
 
 
 def _batch(name, a, input_shape):
@@ -117,6 +133,14 @@ class Box(InputSet):
     def batched(self, input_shape):
         return Box(_batch("lower bound", self.lower, input_shape), _batch("upper bound", self.upper, input_shape))
 
+    def concretize(self, bk, A, c, upper: bool):
+        """Hölder for boxes: ``pos(A) x_hi + neg(A) x_lo + c`` for the maximum (mirrored for the
+        minimum)."""
+        lo = self._flat(bk, "lower", self.lower, A.dtype)
+        hi = self._flat(bk, "upper", self.upper, A.dtype)
+        near, far = (hi, lo) if upper else (lo, hi)
+        return bk.einsum("bkn,bn->bk", bk.pos(A), near) + bk.einsum("bkn,bn->bk", bk.neg(A), far) + c
+
     @property
     def center(self):
         return (self.lower + self.upper) / 2
@@ -168,6 +192,14 @@ class LpBall(InputSet):
 
     def box(self):
         return self.x0 - self.eps, self.x0 + self.eps
+
+    def concretize(self, bk, A, c, upper: bool):
+        """``A x0 + c +- eps ||A_row||_q`` (Hölder)."""
+        x0 = self._flat(bk, "x0", self.x0, A.dtype)
+        centre = bk.einsum("bkn,bn->bk", A, x0) + c
+        aa = bk.abs(A)
+        norm = bk.amax(aa, axis=2) if self.q == np.inf else bk.sqrt(bk.sum(aa * aa, axis=2))
+        return centre + norm * self.eps if upper else centre - norm * self.eps
 
     def batched(self, input_shape):
         return LpBall(_batch("input", self.x0, input_shape), self.eps, self.p)

@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 from ..backend import get_backend
-from ..ir import Graph, params_as
-from ..ops import MonotoneRule, rule_for
+from ..ir import Graph
+from ..ops import evaluate, rule_of
 from ..specs.vnnlib import is_violated
 
 __all__ = ["GradientUnavailable", "CaseObjective", "input_gradient", "value_and_grad", "snap_to_box",
@@ -29,53 +29,26 @@ class GradientUnavailable(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- gradients
-def _activation_vjp(bk, node, g, x, y):
-    """``g * f'(x)`` for the elementwise activation of ``node`` (x its input, y its output)."""
-    op = node.op
-    if op == "Relu":
-        return g * (x > 0)
-    if op == "LeakyRelu":
-        return g * bk.where(x >= 0, 1.0, node.attrs["alpha"]).astype(g.dtype)
-    if op == "Sigmoid":
-        return g * y * (1 - y)
-    if op == "Tanh":
-        return g * (1 - y * y)
-    if op == "ParamRamp":
-        r = bk.clip_min(params_as(bk, node, "r", x.dtype), 1e-4)
-        inside = (x >= 0) & (x <= r)
-        return g * bk.where(inside, 1.0, node.attrs["eta"]).astype(g.dtype)
-    rule = rule_for(op)
-    if isinstance(rule, MonotoneRule) and len(node.inputs) == 1 and tuple(x.shape) == tuple(y.shape) \
-            and op != "MaxPool":  # an unknown elementwise op: central differences
-        h = 1e-3 * (1 + abs(x))
-        return g * (rule.forward(bk, node, x + h) - rule.forward(bk, node, x - h)) / (2 * h)
-    raise GradientUnavailable(f"no derivative for op {op} (node {node.name})")
-
-
 def input_gradient(graph: Graph, env: dict, g_out, backend=None):
-    """Vector-Jacobian product through the graph.
+    """Vector-Jacobian product through the graph: each rule's ``vjp`` in reverse order.
 
-    ``env``: every node's value from ``graph.forward(x, keep_all=True)``; ``g_out``:
+    ``env``: every node's value from ``evaluate(graph, x, keep_all=True)``; ``g_out``:
     ``(B, *output_shape)`` cotangent of the output. Returns ``(B, *input_shape)``:
-    the gradient of ``sum(g_out * f(x))`` with respect to ``x``, per sample.
+    the gradient of ``sum(g_out * f(x))`` with respect to ``x``, per sample. Raises
+    :class:`GradientUnavailable` for a rule without a VJP.
     """
     bk = get_backend(backend)
     grads = {graph.output: g_out}
-    for node in reversed(graph.nodes):
-        if node.op == "Input":
-            continue
+    for node in graph.reversed_from(graph.output):
         g = grads.pop(node.name, None)
-        if g is None:
+        if g is None or node is graph.input:
+            if node is graph.input and g is not None:
+                grads[node.name] = g
             continue
-        rule = rule_for(node.op)
-        if rule.affine:
-            gins = rule.adjoint(bk, node, g, [graph[i].shape for i in node.inputs])
-        elif node.op == "MaxPool":
-            x = env[node.inputs[0]]
-            select, _, _ = rule.relax(bk, node, x, x)
-            gins = [rule.scatter(bk, node, g[:, None], select, tuple(x.shape[2:]))[:, 0]]
-        else:
-            gins = [_activation_vjp(bk, node, g, env[node.inputs[0]], env[node.name])]
+        try:
+            gins = rule_of(node).vjp(bk, node, g, [env[i] for i in node.inputs], env[node.name])
+        except NotImplementedError:
+            raise GradientUnavailable(f"no derivative for op {node.op} (node {node.name})") from None
         for name, gi in zip(node.inputs, gins):
             grads[name] = grads[name] + gi if name in grads else gi
     g_in = grads.get(graph.input.name)
@@ -92,7 +65,7 @@ def value_and_grad(graph: Graph, x: np.ndarray, grad_fn):
     """
     B = x.shape[0]
     xb = np.asarray(x, dtype=np.float32).reshape((B,) + tuple(graph.input_shape))
-    env = graph.forward(xb, keep_all=True)
+    env = evaluate(graph, xb, keep_all=True)
     y = np.asarray(env[graph.output]).reshape(B, -1)
     g = np.asarray(grad_fn(y), dtype=np.float32).reshape((B,) + tuple(graph.output_shape))
     gx = input_gradient(graph, env, g)
@@ -102,7 +75,7 @@ def value_and_grad(graph: Graph, x: np.ndarray, grad_fn):
 def forward_flat(graph: Graph, x: np.ndarray) -> np.ndarray:
     """IR forward on flat inputs ``(B, n_in)`` -> ``(B, n_out)`` (float32)."""
     B = x.shape[0]
-    return np.asarray(graph.forward(np.asarray(x, dtype=np.float32).reshape((B,) + tuple(graph.input_shape)))).reshape(B, -1)
+    return np.asarray(evaluate(graph, np.asarray(x, dtype=np.float32).reshape((B,) + tuple(graph.input_shape)))).reshape(B, -1)
 
 
 # ----------------------------------------------------------------------------- objective

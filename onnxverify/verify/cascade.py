@@ -8,8 +8,7 @@
 * ``sat`` only with an input that onnxruntime confirms lands in the unsafe set;
 * ``unknown`` when every step ran and none decided; ``timeout`` when the budget ran out.
 
-The steps are a cascade from cheap to tight (:data:`DEFAULT_CASCADE`, filtered by what
-:data:`onnxverify.bounds.METHODS` offers) with attacks interleaved, then input bisection
+The steps are a cascade from cheap to tight (:data:`DEFAULT_CASCADE`) with attacks interleaved, then input bisection
 (branch and bound over the input box) for networks with few free inputs, or a last long
 attack otherwise. The time limit is checked between steps and enforced inside long steps
 by a SIGALRM guard (main thread only); the VNN-COMP runner's worker process is the final
@@ -29,7 +28,7 @@ from .deadline import Decided, TimeUp, alarm
 from .input_split import branch_and_bound, split_applicable
 from .loading import load_problem, prop_input_shape
 
-__all__ = ["Result", "verify", "DEFAULT_CASCADE", "parse_methods", "available_cascade", "VERDICTS"]
+__all__ = ["Result", "verify", "DEFAULT_CASCADE", "parse_methods", "VERDICTS"]
 
 VERDICTS = ("sat", "unsat", "unknown", "timeout", "error")
 
@@ -40,10 +39,6 @@ DEFAULT_CASCADE = (("ibp", None), ("crown-ibp", "adaptive"), ("crown-lbp", "adap
 #: and the default cascade drops the methods built on forward linear maps (lbp, crown-lbp,
 #: relaxed-crown-V), whose cost grows with the input size while crown is tighter.
 LARGE_INPUT = 1024
-
-
-def _forward_map_method(m: str) -> bool:
-    return m in ("lbp", "crown-lbp") or m.startswith("relaxed-crown")
 
 
 @dataclass
@@ -63,45 +58,12 @@ class Result:
 
 
 def parse_methods(spec) -> list:
-    """``"ibp,crown:adaptive"`` or a list of names / (method, strategy) -> [(method, strategy)]."""
-    if spec is None:
-        return list(DEFAULT_CASCADE)
-    items = [s for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    out = []
-    for it in items:
-        if isinstance(it, (tuple, list)):
-            m, s = it
-        else:
-            m, _, s = str(it).strip().partition(":")
-            s = s or None
-        if not m:
-            continue
-        out.append((m.strip().lower(), s.strip().lower() if s else None))
-    if not out:
-        raise InputError(f"no bound methods in {spec!r}")
-    return out
+    """The bound cascade: None -> :data:`DEFAULT_CASCADE`; else ``"ibp,crown:adaptive"`` or a
+    list, parsed and checked by :func:`onnxverify.bounds.parse_method_list` (an unknown method
+    or strategy is an :class:`~onnxverify.errors.InputError` that names it)."""
+    from ..bounds import parse_method_list
 
-
-def available_cascade(cascade) -> tuple:
-    """``(usable, missing)``: the entries whose method the bound engine offers, and the rest."""
-    from ..bounds import METHODS, STRATEGIES
-
-    def offered(m):
-        if m in METHODS:
-            return True
-        for template in METHODS:  # e.g. relaxed-crown-V -> relaxed-crown-2
-            head, _, tail = template.lower().rpartition("-")
-            if tail == "v" and m.startswith(head + "-") and m[len(head) + 1:].isdigit() and int(m[len(head) + 1:]) >= 1:
-                return True
-        return False
-
-    usable, missing = [], []
-    for m, s in cascade:
-        if offered(m) and (s is None or s in STRATEGIES):
-            usable.append((m, s))
-        else:
-            missing.append((m, s))
-    return usable, missing
+    return list(DEFAULT_CASCADE) if spec is None else parse_method_list(spec)
 
 
 class _CaseState:
@@ -283,20 +245,15 @@ def verify(model, prop, timeout: float | None = 300.0, methods=None, *, seed: in
     t0 = time.monotonic()
     timeout = None if timeout is None or not np.isfinite(timeout) else float(timeout)
     default = methods is None
-    cascade, missing = available_cascade(parse_methods(methods))
-    if methods is not None and missing and not cascade:
-        from ..bounds import METHODS
-
-        raise InputError(f"none of the methods {', '.join(m for m, _ in missing)} is available "
-                         f"(have: {', '.join(METHODS)})")
+    cascade = parse_methods(methods)
     net, ort, p, note = load_problem(model, prop)
     if default and p.n_inputs > LARGE_INPUT:
-        cascade = [(m, s) for m, s in cascade if not _forward_map_method(m)] or cascade
+        from ..bounds import parse_method
+
+        cascade = [(m, s) for m, s in cascade if not parse_method(m).uses_forward_maps] or cascade
     solver = Solver(net, ort, p, t0, timeout, cascade, seed, split, max_split_dims, log_fn, max_memory)
     if note:
         solver.note("load", t0, note=f"IR import failed, attacking through onnxruntime only: {note[:300]}")
-    if missing:
-        solver.note("cascade", t0, note="not available: " + ", ".join(f"{m}" + (f":{s}" if s else "") for m, s in missing))
     verdict, message = "unknown", ""
     # the alarm fires between the soft deadline and the real one, so the answer is still in time
     guard = solver.deadline + solver.margin / 2

@@ -1,0 +1,110 @@
+"""``Conv``: 2-D convolution of a computed ``(C, H, W)`` tensor by constant weights.
+
+Its adjoint is the transposed convolution; restricted to an output window it only touches
+the window's receptive field (:meth:`Conv.adjoint_window`), which is what makes CROWN's
+tiled backward passes cheap on conv nets.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Example, find_submodule, onnx_op
+from .generic import AffineRule
+from .importing import fail, window_pads
+from .linear import ConvLikeTie
+from .registry import register
+
+_RNG = np.random.default_rng(1)
+_W = _RNG.normal(size=(4, 3, 3, 2)).astype(np.float32)
+_B = _RNG.normal(size=(4,)).astype(np.float32)
+_WG = _RNG.normal(size=(4, 1, 2, 2)).astype(np.float32)
+
+
+@register
+class Conv(AffineRule):
+    """params: ``weight (O, C/groups, kh, kw)``, ``bias (O,)``; attrs: ``stride``, ``pads``
+    (top, left, bottom, right), ``dilation``, ``groups``."""
+
+    op = "Conv"
+    windowed = True
+    mixes = True
+
+    def apply(self, bk, node, x, bias=True, weight=None):
+        a = node.attrs
+        w = bk.const(node.params["weight"], x.dtype) if weight is None else weight
+        y = bk.conv2d(x, w, a["stride"], a["pads"], a["dilation"], a["groups"])
+        if bias:
+            y = y + bk.reshape(bk.const(node.params["bias"], x.dtype), (-1, 1, 1))
+        return y
+
+    def apply_abs(self, bk, node, x):
+        return self.apply(bk, node, x, bias=False, weight=bk.abs(bk.const(node.params["weight"], x.dtype)))
+
+    def adjoint(self, bk, node, A, in_shapes):
+        a = node.attrs
+        w = bk.const(node.params["weight"], A.dtype)
+        return [bk.conv_transpose2d(A, w, a["stride"], a["pads"], a["dilation"], a["groups"], tuple(in_shapes[0][1:]))]
+
+    def adjoint_window(self, bk, node, A, win, in_shapes):
+        """Transpose restricted to an output window: ``A (M, O, h, w)`` on rows ``r0:r1`` and
+        columns ``c0:c1`` -> the coefficients on the receptive field and that input window."""
+        a = node.attrs
+        r0, r1, c0, c1 = win
+        w = bk.const(node.params["weight"], A.dtype)
+        (sh, sw), (dh, dw), (kh, kw) = a["stride"], a["dilation"], tuple(w.shape[2:])
+        H, W = in_shapes[0][1:]
+        base_h, base_w = (r1 - r0 - 1) * sh + dh * (kh - 1) + 1, (c1 - c0 - 1) * sw + dw * (kw - 1) + 1
+        out = bk.conv_transpose2d(A, w, a["stride"], (0, 0, 0, 0), a["dilation"], a["groups"], (base_h, base_w))
+        off_r, off_c = r0 * sh - a["pads"][0], c0 * sw - a["pads"][1]
+        lo_r, hi_r = max(0, off_r), min(H, off_r + base_h)
+        lo_c, hi_c = max(0, off_c), min(W, off_c + base_w)
+        out = out[:, :, lo_r - off_r:hi_r - off_r, lo_c - off_c:hi_c - off_c]
+        return [(out, (lo_r, hi_r, lo_c, hi_c))]
+
+    def kernel_size(self, node) -> int:
+        return int(np.prod(node.params["weight"].shape[2:]))
+
+    def absorb_channel_affine(self, node, scale, shift):
+        per_channel = []
+        for p in (scale, shift):
+            flat = np.broadcast_to(p, node.shape).reshape(node.shape[0], -1)
+            if not np.all(flat == flat[:, :1]):
+                return None
+            per_channel.append(flat[:, 0])
+        s, t = per_channel
+        w = node.params["weight"].astype(np.float64) * s.reshape(-1, 1, 1, 1)
+        b = node.params["bias"].astype(np.float64) * s + t
+        return {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+
+    def torch_tie(self, node, submodule):
+        from torch import nn
+
+        m = find_submodule(submodule, nn.Conv2d)
+        return ConvLikeTie(m) if m is not None else None
+
+    # -- import --------------------------------------------------------------------------------------
+    @onnx_op("Conv", since=1, examples=(
+        Example(((1, 3, 6, 5), _W, _B), {"pads": [1, 0, 1, 1]}),
+        Example(((2, 3, 7, 7), _W), {"strides": [2, 1], "auto_pad": "SAME_UPPER"}),
+        Example(((1, 3, 7, 8), _W), {"dilations": [1, 2], "pads": [2, 1, 0, 1]}),
+        Example(((1, 4, 5, 5), _WG), {"group": 4, "auto_pad": "VALID"}),
+    ))
+    def convert(self, ctx, node, attrs, label):
+        x, w = node.input[0], node.input[1]
+        if ctx.is_const(x) or not ctx.is_const(w):
+            fail(label, "Conv", "only Conv(computed X, constant W) is supported")
+        W = ctx.const(w).astype(np.float32)
+        shape = ctx.shape_of(x)
+        if W.ndim != 4 or len(shape) != 3:
+            fail(label, "Conv", f"only 2-D convolution is supported (X sample shape {shape}, W {W.shape})")
+        kernel = tuple(W.shape[2:])
+        stride = tuple(attrs.get("strides", [1, 1]))
+        dilation = tuple(attrs.get("dilations", [1, 1]))
+        groups = int(attrs.get("group", 1))
+        if shape[0] != W.shape[1] * groups:
+            fail(label, "Conv", f"input has {shape[0]} channels, weight expects {W.shape[1] * groups}")
+        pads = window_pads(attrs, shape[1:], kernel, stride, dilation)
+        bias = (ctx.const(node.input[2]).astype(np.float32) if len(node.input) > 2 and node.input[2]
+                else np.zeros(W.shape[0], np.float32))
+        ctx.add(node.output[0], "Conv", [ctx.computed(x)], {"weight": W, "bias": bias},
+                {"stride": stride, "pads": pads, "dilation": dilation, "groups": groups}, source=label)

@@ -1,0 +1,191 @@
+"""Generic rules that whole op families share: affine ops and elementwise functions.
+
+* :class:`AffineRule` -- ``y = L(x_1, ..., x_k) + c`` with ``L`` linear. A subclass gives
+  ``apply`` (``L`` with or without ``c``), ``apply_abs`` (``|L|``: absolute weights) and
+  ``adjoint`` (``L^T``); the interval rule (centre/radius), the forward linear step, the
+  backward step and the VJP follow.
+* :class:`ElementwiseRule` -- ``y_i = f(x_i)``. A subclass gives ``forward``, ``lines``
+  (bounding lines per strategy) and ``derivative``; the relaxation, both linear steps, the
+  windowed backward step and the VJP follow.
+"""
+from __future__ import annotations
+
+from .base import Maps, OpRule, check_strategy, unfold
+
+
+def flat(bk, a, lead: int):
+    """Keep the first ``lead`` axes, flatten the rest."""
+    return bk.reshape(a, tuple(a.shape[:lead]) + (-1,))
+
+
+def window_bias(bk, A, const, win):
+    """``<A, const>`` per row, ``A (B, K, C, h, w)`` on window ``win`` of a ``(1, C, H, W)``
+    (or ``(B, C, H, W)``) constant -> ``(B, K)``."""
+    r0, r1, c0, c1 = win
+    c = const[:, :, r0:r1, c0:c1]
+    if c.shape[0] == 1:
+        return bk.einsum("bkn,n->bk", flat(bk, A, 2), bk.reshape(c, (-1,)))
+    return bk.einsum("bkn,bn->bk", flat(bk, A, 2), flat(bk, c, 1))
+
+
+class AffineRule(OpRule):
+    """Ops ``y = L(x_1, ..., x_k) + c`` with ``L`` linear. Subclasses define ``apply`` and
+    ``adjoint`` (and ``apply_abs`` when ``L`` has negative weights)."""
+
+    affine = True
+
+    def apply(self, bk, node, *xs, bias: bool = True):
+        """``L(xs) (+ c)``: ``xs`` one ``(M, *in_shape)`` per input -> ``(M, *node.shape)``."""
+        raise NotImplementedError
+
+    def apply_abs(self, bk, node, *xs):
+        """``|L|(x)``: the linear part with absolute weights, no bias. Default: L itself
+        (true for ops whose weights are all >= 0: reshapes, pads, pooling, concat, add)."""
+        return self.apply(bk, node, *xs, bias=False)
+
+    def adjoint(self, bk, node, A, in_shapes):
+        """Transpose of the linear part: ``A (M, *out_shape)`` -> one ``(M, *in_shape)`` per input."""
+        raise NotImplementedError
+
+    def adjoint_window(self, bk, node, A, win, in_shapes):
+        """:meth:`adjoint` restricted to the window ``win`` of the output (windowed ops only):
+        ``A (M, C, h, w)`` -> one ``(A_i, win_i)`` per input."""
+        raise NotImplementedError
+
+    def offset(self, bk, node, in_shapes, dtype):
+        """The output at all-zero inputs, ``(1, *shape)``: the op's constant term."""
+        zeros = [bk.zeros((1,) + tuple(s), dtype=dtype) for s in in_shapes]
+        return self.apply(bk, node, *zeros, bias=True)
+
+    # -- derived rules ----------------------------------------------------------------------------
+    def forward(self, bk, node, *xs):
+        return self.apply(bk, node, *xs, bias=True)
+
+    def interval(self, bk, node, *bounds):
+        mids = [(lo + hi) / 2 for lo, hi in bounds]
+        rads = [(hi - lo) / 2 for lo, hi in bounds]
+        mid = self.apply(bk, node, *mids, bias=True)
+        rad = self.apply_abs(bk, node, *rads)
+        return mid - rad, mid + rad
+
+    def relax(self, bk, node, bounds, strategy):
+        return None
+
+    def forward_linear(self, bk, node, relax, maps):
+        B, n0 = maps[0].Lk.shape[:2]
+        fold = lambda k: bk.reshape(k, (B * n0,) + tuple(k.shape[2:]))  # noqa: E731
+        if all(m.exact for m in maps):  # exact maps stay exact
+            k = unfold(bk, self.apply(bk, node, *[fold(m.Lk) for m in maps], bias=False), B, n0)
+            c = self.apply(bk, node, *[m.Lc for m in maps], bias=True)
+            return Maps(k, c, k, c)
+        # centre/radius form: W+ L + W- U = W mid - |W| rad (two products instead of four)
+        mid = unfold(bk, self.apply(bk, node, *[fold((m.Lk + m.Uk) / 2) for m in maps], bias=False), B, n0)
+        rad = unfold(bk, self.apply_abs(bk, node, *[fold((m.Uk - m.Lk) / 2) for m in maps]), B, n0)
+        cmid = self.apply(bk, node, *[(m.Lc + m.Uc) / 2 for m in maps], bias=True)
+        crad = self.apply_abs(bk, node, *[(m.Uc - m.Lc) / 2 for m in maps])
+        return Maps(mid - rad, cmid - crad, mid + rad, cmid + crad)
+
+    def backward_linear(self, bk, node, step, AL, AU):
+        B, K = AL.shape[:2]
+        off = bk.reshape(step.offset, (-1,))
+        biases, outs = [], []
+        for A in (AL, AU):
+            if A is None:
+                biases.append(None)
+                outs.append([None] * len(step.in_shapes))
+                continue
+            biases.append(bk.einsum("bkn,n->bk", flat(bk, A, 2), off))
+            adj = self.adjoint(bk, node, bk.reshape(A, (B * K,) + tuple(node.shape)), step.in_shapes)
+            outs.append([bk.reshape(a, (B, K) + tuple(s)) for a, s in zip(adj, step.in_shapes)])
+        return list(zip(outs[0], outs[1])), tuple(biases)
+
+    def backward_window(self, bk, node, step, AL, AU, win):
+        B, K = AL.shape[:2]
+        biases, outs = [], []
+        for A in (AL, AU):
+            if A is None:
+                biases.append(None)
+                outs.append([(None, None)] * len(step.in_shapes))
+                continue
+            biases.append(window_bias(bk, A, step.offset, win))
+            adj = self.adjoint_window(bk, node, bk.reshape(A, (B * K,) + tuple(A.shape[2:])), win, step.in_shapes)
+            outs.append([(bk.reshape(a, (B, K) + tuple(a.shape[1:])), w) for a, w in adj])
+        return [(lo[0], hi[0], lo[1]) for lo, hi in zip(outs[0], outs[1])], tuple(biases)
+
+    def vjp(self, bk, node, g, xs, y):
+        return self.adjoint(bk, node, g, [tuple(x.shape[1:]) for x in xs])
+
+
+class ElementwiseRule(OpRule):
+    """``y_i = f(x_i)`` for one input. Subclasses define ``forward``, ``lines`` and ``derivative``."""
+
+    elementwise = True
+    windowed = True
+    #: every bounding line has a slope >= 0 (true for monotone f): a cheaper forward step
+    nonneg_slopes = False
+
+    def lines(self, bk, node, l, u, strategy: str):
+        """Bounding lines on ``[l, u]`` (arrays ``(B, *shape)``): ``(aL, bL, aU, bU)`` with
+        ``aL z + bL <= f(z) <= aU z + bU`` for every ``z`` in ``[l, u]``, all shaped like ``l``.
+        Must be sound for any ``l <= u`` (equal, tiny and huge intervals included)."""
+        raise NotImplementedError(f"{self.op}: bounding lines")
+
+    def derivative(self, bk, node, x, y):
+        """``f'(x)`` (any element of the Clarke gradient at kinks), ``y = f(x)`` given."""
+        raise NotImplementedError(f"{self.op}: derivative")
+
+    # -- derived rules ----------------------------------------------------------------------------
+    def relax(self, bk, node, bounds, strategy):
+        (l, u), = bounds
+        return self.lines(bk, node, l, u, check_strategy(strategy))
+
+    def forward_linear(self, bk, node, relax, maps):
+        aL, bL, aU, bU = relax
+        (m,) = maps
+        if self.nonneg_slopes:  # lower maps scale lower maps, upper maps upper ones
+            return Maps(aL[:, None] * m.Lk, aL * m.Lc + bL, aU[:, None] * m.Uk, aU * m.Uc + bU)
+        pos, neg = bk.pos, bk.neg
+        lo_k = pos(aL)[:, None] * m.Lk + neg(aL)[:, None] * m.Uk
+        hi_k = pos(aU)[:, None] * m.Uk + neg(aU)[:, None] * m.Lk
+        return Maps(lo_k, pos(aL) * m.Lc + neg(aL) * m.Uc + bL, hi_k, pos(aU) * m.Uc + neg(aU) * m.Lc + bU)
+
+    def backward_linear(self, bk, node, step, AL, AU):
+        new, biases = self._through_lines(bk, step.relax, AL, AU, None)
+        return [tuple(new)], biases
+
+    def backward_window(self, bk, node, step, AL, AU, win):
+        new, biases = self._through_lines(bk, step.relax, AL, AU, win)
+        return [(new[0], new[1], win)], biases
+
+    @staticmethod
+    def _through_lines(bk, relax, AL, AU, win):
+        """Coefficients through the bounding lines: ``pos(A)`` meets the lower line and
+        ``neg(A)`` the upper one for a lower bound (mirrored for an upper bound).
+
+        Lines are ``(B, *shape)`` (shared by every row) or ``(B, K, *shape)`` (one line per
+        row and neuron: optimised slopes, alpha-CROWN); ``win`` crops them to a window."""
+        per_row = relax[0].ndim == AL.ndim
+
+        def view(v):
+            v = v if per_row else v[:, None]
+            return v if win is None else v[:, :, :, win[0]:win[1], win[2]:win[3]]
+
+        aL, bL, aU, bU = (view(v) for v in relax)
+        new, biases = [], []
+        for s, A in enumerate((AL, AU)):
+            if A is None:
+                new.append(None)
+                biases.append(None)
+                continue
+            lo_a, lo_b, hi_a, hi_b = (aL, bL, aU, bU) if s == 0 else (aU, bU, aL, bL)
+            Af = flat(bk, A, 2)
+            if per_row:
+                biases.append(bk.sum(flat(bk, A * lo_b + bk.neg(A) * (hi_b - lo_b), 2), axis=2))
+            else:
+                biases.append(bk.einsum("bkn,bn->bk", Af, flat(bk, lo_b[:, 0], 1))
+                              + bk.einsum("bkn,bn->bk", bk.neg(Af), flat(bk, (hi_b - lo_b)[:, 0], 1)))
+            new.append(bk.line_backward(A, lo_a, hi_a))
+        return new, tuple(biases)
+
+    def vjp(self, bk, node, g, xs, y):
+        return [g * self.derivative(bk, node, xs[0], y)]
