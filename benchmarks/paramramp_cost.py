@@ -51,6 +51,7 @@ from onnxverify.converters import attach_paramramp_function, make_paramramp_node
 from onnxverify.network import Network  # noqa: E402
 from onnxverify.onnx.importer import import_model  # noqa: E402
 from onnxverify.bounds.status import neuron_status  # noqa: E402
+from onnxverify.ops import evaluate, rule_of  # noqa: E402
 
 ETA = 0.01
 
@@ -89,8 +90,8 @@ def build(name: str, seed: int = 0):
     # r at the mean pre-activation over random inputs (floored at 1e-4): every status occurs
     g = import_model(relu)
     x = rng.uniform(0, 1, (256,) + in_shape).astype(np.float32)
-    vals = g.forward(x, keep_all=True)
-    pre = [n.inputs[0] for n in g.nodes if n.op == "Relu"]
+    vals = evaluate(g, x, keep_all=True)
+    pre = [n.inputs[0] for n in g.computed if rule_of(n).statuses is not None]
     rs = [np.maximum(vals[p].mean(axis=0), 1e-4) for p in pre]
     return relu, _model(in_shape, spec, weights, rs)
 
@@ -175,15 +176,14 @@ def _lines_row(name, nets, box, args):
     """The bounding lines alone (tight), on IBP's pre-activation bounds of the first layer:
     what ParamRamp adds per activation layer of a linear method."""
     from onnxverify.backend import get_backend
-    from onnxverify.ops.lines import activation_lines
     from onnxverify.bounds.status import preactivation_bounds
 
     bk = get_backend(args.backend)
     fns = {}
     for k, n in nets.items():
-        act = next(a for a in n.graph.nodes if a.op in ("Relu", "ParamRamp"))
+        act = next(a for a in n.graph.computed if rule_of(a).statuses is not None)  # the first ReLU / ParamRamp
         lo, hi = preactivation_bounds(n.graph, box, "ibp", backend=args.backend)[act.inputs[0]]
-        fns[k] = lambda a=act, lo=lo, hi=hi: activation_lines(bk, a, lo, hi, args.strategy)
+        fns[k] = lambda a=act, lo=lo, hi=hi: rule_of(a).lines(bk, a, lo, hi, args.strategy)
     ms = median_ms(fns, max(args.repeats, 25))
     return {"net": name, "method": f"lines only, layer 1 / {args.strategy}", "batch": args.batch,
             "relu_ms": ms["relu"], "paramramp_ms": ms["paramramp"], "ratio": ms["paramramp"] / ms["relu"],

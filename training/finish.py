@@ -101,7 +101,7 @@ def finish(net, history, config, proto, ds, output: Path, evaluate: bool = True,
     card = {
         "architecture": meta.get("architecture", "custom"),
         "activation": net.activation_kind(),
-        "batchnorm": meta.get("batchnorm", str(any(n.op == "Affine" for n in net.graph.nodes)).lower()),
+        "batchnorm": meta.get("batchnorm", str(any(kind == "bn" for _, kind, _ in net.bindings)).lower()),
         "init": meta.get("init"),
         "input_shape": list(net.input_shape),
         "input_space": "raw",

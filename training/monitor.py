@@ -14,7 +14,7 @@ import numpy as np
 
 from .attacks import pgd_attack
 
-__all__ = ["evaluate_tied", "status_codes", "RELU_STATUSES", "PARAMRAMP_STATUSES"]
+__all__ = ["evaluate_tied"]
 
 
 def _test_arrays(dataset, n: Optional[int], seed: int = 0):
@@ -81,50 +81,19 @@ def evaluate_tied(net, dataset, eps: float, n_test: Optional[int] = None, batch_
     return out
 
 
-RELU_STATUSES = ("dead", "unstable", "alive")
-PARAMRAMP_STATUSES = ("left dead", "left unstable", "alive", "right unstable", "right dead", "unstable")
-
-
-def status_codes(l, u, r=None):
-    """Neuron statuses (PAPER_NOTES.md §1) of pre-activation bounds ``l``/``u`` (torch,
-    ``(B, *shape)``): a tensor of indices into :data:`RELU_STATUSES` (``r`` None) or
-    :data:`PARAMRAMP_STATUSES` (``r`` the bend points, broadcast against ``l``, clamped to
-    ``>= 1e-4``).  Where two definitions meet the dead statuses win."""
-    import torch
-
-    if r is None:
-        code = torch.ones_like(l, dtype=torch.int8)
-        code[(l >= 0) & (u > 0)] = 2
-        code[u <= 0] = 0
-        return code
-    r = r.clamp_min(1e-4)
-    left_dead = u <= 0
-    right_dead = (l >= r) & ~left_dead
-    rest = ~(left_dead | right_dead)
-    code = torch.full_like(l, 5, dtype=torch.int8)
-    code[rest & (l < 0) & (u <= r)] = 1
-    code[rest & (l >= 0) & (u <= r)] = 2
-    code[rest & (l >= 0) & (u > r)] = 3
-    code[left_dead] = 0
-    code[right_dead] = 4
-    return code
-
-
 def _add_status_counts(counts: Dict, net, env) -> None:
     """Accumulate per-layer status counts ``{layer: {status: count, "_total": n}}`` from the
-    IBP bounds ``env`` of the activations' inputs."""
-    import torch
+    IBP bounds ``env`` of the activations' inputs, classified by each op rule (the verifier's
+    ``stats`` does the same)."""
+    from onnxverify.ops import rule_of
 
     for node in net.activation_nodes:
-        if node.op not in ("Relu", "LeakyRelu", "ParamRamp"):
+        rule = rule_of(node)
+        if rule.statuses is None:
             continue
-        l, u = env[node.inputs[0]]
-        names = PARAMRAMP_STATUSES if node.op == "ParamRamp" else RELU_STATUSES
-        r = None
-        if node.op == "ParamRamp":
-            r = torch.as_tensor(node.params["r"]).to(l.device, l.dtype)
-        code = status_codes(l, u, r)
+        l, u = (t.detach().cpu().double().numpy() for t in env[node.inputs[0]])
+        code = rule.status_codes(node, l, u)
         c = counts.setdefault(node.name, {"_total": 0})
-        c["_total"] += int(code.numel())
-        for k, name in enumerate(names):
+        c["_total"] += int(code.size)
+        for k, name in enumerate(rule.statuses):
             c[name] = c.get(name, 0) + int((code == k).sum())
