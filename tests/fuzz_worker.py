@@ -156,27 +156,11 @@ FOREIGN = ("onnxverify/onnx/", "onnxverify/ops/", "onnxverify/bounds/", "onnxver
 #: Known internal errors in FOREIGN code: (exception type, file, function) of the innermost
 #: onnxverify frame -> what is wrong; each has a strict-xfail reproducer in
 #: tests/test_fuzz_regressions.py. All are malformed models that should give a ModelError.
-KNOWN: dict = {
-    ("ValueError", "onnxverify/onnx/importer.py", "_check_finite"):
-        "an initializer whose dims do not match its data (onnx.numpy_helper.to_array cannot reshape)",
-    ("ValueError", "onnxverify/onnx/converters.py", "_gemm"):
-        "a Gemm whose bias C does not broadcast to the output, or whose B does not match the input",
-    ("IndexError", "onnxverify/onnx/converters.py", "_gemm"):
-        "a Gemm node with fewer than two inputs",
-    ("ValueError", "onnxverify/onnx/converters.py", "_arith"):
-        "an Add/Sub/Mul/Div with one input, or whose operands do not broadcast",
-    ("ValueError", "onnxverify/onnx/converters.py", "_reshape"):
-        "a Reshape node with more than two inputs",
-    ("KeyError", "onnxverify/onnx/converters.py", "_concat"):
-        "a Concat node without its required axis attribute",
-}
+KNOWN: dict = {}  # none open: the importer bugs fuzzing found are fixed (tests/test_fuzz_regressions.py)
 
 #: Known internal errors that the CLI reports without a traceback (``verify`` contains them
 #: in an ``error`` verdict): a substring of the error line -> what is wrong.
-KNOWN_MESSAGES: dict = {
-    "NameError: name 'MemoryLimitError' is not defined":
-        "onnxverify/verify/input_split.py: MemoryLimitError is not imported (a deadline during bisection -> error)",
-}
+KNOWN_MESSAGES: dict = {}
 
 FINDINGS: list = []  # (signature, args, description) of every tolerated known bug met
 

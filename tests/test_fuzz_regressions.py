@@ -1,10 +1,9 @@
 """Minimal reproducers of what the fuzz tests (tests/test_fuzz_*.py) found.
 
-Bugs in code this suite's owner fixes are fixed, and their reproducer here is an ordinary
-test. Bugs in the ONNX importer (onnxverify/onnx/, owned elsewhere) are strict xfails: a
-malformed model must give one :class:`~onnxverify.errors.ModelError` line (CLI exit 2),
-not an internal ValueError / IndexError / KeyError (exit 3). When one is fixed its xfail
-turns into an XPASS failure: drop the mark here and its entry in fuzz_worker.KNOWN.
+Every bug found is fixed and its reproducer here is an ordinary test: a malformed model must
+give one :class:`~onnxverify.errors.ModelError` line (CLI exit 2), not an internal
+ValueError / IndexError / KeyError (exit 3). A new bug in code another change owns may get a
+strict xfail here and an entry in fuzz_worker.KNOWN until it is fixed.
 """
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxverify as ov
-from fuzz_worker import KNOWN
 
 
 def _model(nodes, inits, in_shape=(1, 4), out_shape=None, opset=13):
@@ -33,14 +31,6 @@ def _load(model, tmp_path):
     return ov.load(path)
 
 
-def _xfail(key):
-    import builtins
-
-    return pytest.mark.xfail(strict=True, raises=getattr(builtins, key[0]),
-                             reason=f"{KNOWN[key]} ({key[1]} {key[2]} raises {key[0]})")
-
-
-@_xfail(("ValueError", "onnxverify/onnx/importer.py", "_check_finite"))
 def test_initializer_dims_do_not_match_its_data(tmp_path):
     w = _init("W", np.ones((3, 4)))
     del w.dims[:]
@@ -50,7 +40,6 @@ def test_initializer_dims_do_not_match_its_data(tmp_path):
         _load(m, tmp_path)
 
 
-@_xfail(("ValueError", "onnxverify/onnx/converters.py", "_gemm"))
 def test_gemm_bias_of_the_wrong_size(tmp_path):
     m = _model([helper.make_node("Gemm", ["x", "W", "C"], ["y"], transB=1)],
                [_init("W", np.ones((3, 4))), _init("C", np.ones(2))])  # output has 3 values, C has 2
@@ -58,21 +47,18 @@ def test_gemm_bias_of_the_wrong_size(tmp_path):
         _load(m, tmp_path)
 
 
-@_xfail(("IndexError", "onnxverify/onnx/converters.py", "_gemm"))
 def test_gemm_with_one_input(tmp_path):
     m = _model([helper.make_node("Gemm", ["x"], ["y"])], [])
     with pytest.raises(ov.ModelError):
         _load(m, tmp_path)
 
 
-@_xfail(("ValueError", "onnxverify/onnx/converters.py", "_arith"))
 def test_add_with_one_input(tmp_path):
     m = _model([helper.make_node("Add", ["x"], ["y"])], [])
     with pytest.raises(ov.ModelError):
         _load(m, tmp_path)
 
 
-@_xfail(("ValueError", "onnxverify/onnx/converters.py", "_arith"))
 def test_add_of_a_constant_that_does_not_broadcast(tmp_path):
     m = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "B"], ["y"])],
                [_init("B", np.ones((3, 5)))])  # (1, 4) + (3, 5)
@@ -80,7 +66,6 @@ def test_add_of_a_constant_that_does_not_broadcast(tmp_path):
         _load(m, tmp_path)
 
 
-@_xfail(("ValueError", "onnxverify/onnx/converters.py", "_reshape"))
 def test_reshape_with_three_inputs(tmp_path):
     m = _model([helper.make_node("Reshape", ["x", "S", "S"], ["y"])], [numpy_helper.from_array(
         np.array([1, 4], dtype=np.int64), "S")])
@@ -88,16 +73,12 @@ def test_reshape_with_three_inputs(tmp_path):
         _load(m, tmp_path)
 
 
-@_xfail(("KeyError", "onnxverify/onnx/converters.py", "_concat"))
 def test_concat_without_axis(tmp_path):
     m = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["r", "r"], ["y"])], [])
     with pytest.raises(ov.ModelError):
         _load(m, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="onnxverify/ops/__init__.py interval rule: mids = (lo + hi) / 2 overflows "
-                   "float32 once |bound| > 1.7e38 (a 3e38 bias), and inf - inf later gives NaN bounds; lo / 2 + hi / 2 "
-                   "would not (Network.bounds maps NaN to -inf/+inf meanwhile, so the CLI stays sound)")
 def test_interval_bounds_stay_numbers_when_float32_overflows():
     import nets
     from onnxverify.bounds import compute_bounds
@@ -109,7 +90,9 @@ def test_interval_bounds_stay_numbers_when_float32_overflows():
     t.CopyFrom(numpy_helper.from_array(a, t.name))
     g = ov.import_model(m)
     x = np.full((1,) + g.input_shape, 0.5)
-    assert np.isfinite(g.forward(x.astype(np.float32))).all()  # onnxruntime and the IR: finite outputs
+    from onnxverify.ops import evaluate
+
+    assert np.isfinite(evaluate(g, x.astype(np.float32))).all()  # onnxruntime and the IR: finite outputs
     with np.errstate(all="ignore"):
         b = compute_bounds(g, ov.LinfBall(x, 0.0), "ibp")
     assert not np.isnan(np.asarray(b.lower)).any() and not np.isnan(np.asarray(b.upper)).any()
@@ -133,10 +116,6 @@ def test_network_bounds_never_returns_nan():
     assert (b.lower <= y).all() and (y <= b.upper).all()
 
 
-@pytest.mark.xfail(strict=True, reason="onnxverify/verify/input_split.py uses MemoryLimitError in an except clause "
-                   "without importing it: any exception raised inside a bound call during the input bisection (the "
-                   "deadline's TimeUp, a Decided) becomes NameError, and the verdict 'error' instead of 'timeout' "
-                   "(found by test_fuzz_verify; also makes test_vnncomp's benchmark sample flaky under load)")
 def test_a_deadline_during_input_bisection_is_a_timeout(tmp_path, monkeypatch):
     import sys
 

@@ -142,9 +142,31 @@ def _graph_input(model: onnx.ModelProto):
     return vi.name, tuple(sample)
 
 
+def _initializer(init) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(init)
+    except Exception as e:  # e.g. dims that do not match the data
+        raise ModelError(f"initializer {init.name} is malformed ({type(e).__name__}: {str(e).splitlines()[0][:150]})") \
+            from None
+
+
+def _check_structure(model: onnx.ModelProto):
+    """Every node input is an initializer, a graph input or some node's output."""
+    known = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input} | {""}
+    known |= {o for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        for i in n.input:
+            if i not in known:
+                raise ModelError(f"node {n.name or n.output[0]} ({n.op_type}) reads {i!r}, which no node, initializer "
+                                 "or graph input provides")
+    for o in model.graph.output:
+        if o.name not in known:
+            raise ModelError(f"graph output {o.name!r} is not computed by any node")
+
+
 def _check_finite(model: onnx.ModelProto):
     for init in model.graph.initializer:
-        arr = numpy_helper.to_array(init)
+        arr = _initializer(init)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             raise ModelError(f"initializer {init.name} has {bad} NaN/Inf value(s)")
@@ -192,6 +214,7 @@ def unsupported_nodes(model: onnx.ModelProto, opsets: dict | None = None) -> lis
 def import_model(model_or_path, fuse: bool = True) -> Graph:
     """ONNX model (or path) -> :class:`Graph`. Raises :class:`ModelError` with one line."""
     model = load_model(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
+    _check_structure(model)
     _check_finite(model)
     opsets = _opsets(model)
     unknown = unsupported_nodes(model, opsets)  # before the input checks: the op is the real problem
@@ -199,7 +222,7 @@ def import_model(model_or_path, fuse: bool = True) -> Graph:
         raise UnsupportedOpError(unknown)
     ctx = ImportContext(opset=opsets[""])
     for init in model.graph.initializer:
-        ctx.consts[init.name] = numpy_helper.to_array(init)
+        ctx.consts[init.name] = _initializer(init)
     in_name, in_shape = _graph_input(model)
     ctx.used_names.add(in_name)
     ctx.nodes.append(Node(in_name, INPUT, (), {}, {}, in_shape, "graph input"))
@@ -222,7 +245,12 @@ def import_model(model_or_path, fuse: bool = True) -> Graph:
         conv = REGISTRY.converter(node.domain, node.op_type, _domain_opset(opsets, node.domain))
         if conv is None:  # a custom-domain node on constants only
             raise UnsupportedOpError([(node.op_type, label)])
-        conv.fn(ctx, node, _attrs(node), label)
+        try:
+            conv.fn(ctx, node, _attrs(node), label)
+        except (ValueError, IndexError, KeyError, TypeError) as e:  # a malformed node (arity, shapes, attributes)
+            msg = str(e).splitlines()[0][:200] if str(e) else ""
+            raise ModelError(f"node {label} ({node.op_type}): cannot import this node ({type(e).__name__}: {msg})") \
+                from None
 
     outs = [o.name for o in model.graph.output]
     if len(outs) != 1:

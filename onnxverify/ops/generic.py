@@ -62,8 +62,9 @@ class AffineRule(OpRule):
         return self.apply(bk, node, *xs, bias=True)
 
     def interval(self, bk, node, *bounds):
-        mids = [(lo + hi) / 2 for lo, hi in bounds]
-        rads = [(hi - lo) / 2 for lo, hi in bounds]
+        # halves first: (lo + hi) / 2 would overflow float32 for |bounds| > 1.7e38
+        mids = [lo / 2 + hi / 2 for lo, hi in bounds]
+        rads = [hi / 2 - lo / 2 for lo, hi in bounds]
         mid = self.apply(bk, node, *mids, bias=True)
         rad = self.apply_abs(bk, node, *rads)
         return mid - rad, mid + rad

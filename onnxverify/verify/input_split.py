@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from ..errors import MemoryLimitError
 from .deadline import Decided, TimeUp
 
 __all__ = ["split_applicable", "branch_and_bound"]
