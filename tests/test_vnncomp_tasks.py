@@ -1,16 +1,30 @@
-"""A light module with a fake worker task for the runner tests (a spawned worker imports it,
-so it imports as little as possible). It holds no tests."""
+"""A light module with fake task functions for the runner tests (worker processes import it,
+so it imports as little as possible). It holds no tests.
+
+``fake_task`` acts on the model's file name:
+
+* ``hang*``: sleep 60 s (killed at the time limit);
+* ``crash*``: the process exits at once (exit code 7);
+* ``raise*``: the task function raises;
+* ``oom*``: allocates 8 GB (over the worker's address-space limit);
+* ``sleep<N>*``: sleep N tenths of a second, then ``unknown``;
+* ``killworker*``: record this process's pid in ``<folder>/killworker.pids``, where the
+  property file's text names the folder, kill the Ray worker running it (``worker_pid``),
+  then hang (the orphaned child must take itself down);
+* anything else: ``unknown`` at once.
+
+The message says ``timeout=<t>`` so that tests see the timeout a task got.
+"""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 
 
 def fake_task(task):
-    """A worker task driven by the model's file name: hang, crash, raise, oom, or fine."""
-    from onnxverify.vnncomp import write_result
-
-    name = os.path.basename(task["onnx"])
+    name = os.path.basename(task.get("name") or task["onnx"])
     if name.startswith("hang"):
         time.sleep(60)
     if name.startswith("crash"):
@@ -21,5 +35,28 @@ def fake_task(task):
         import numpy as np
 
         np.ones(2**30)  # 8 GB: over the worker's address-space limit
-    write_result(task["result_path"], "unknown")
+    m = re.match(r"sleep(\d+)", name)
+    if m:
+        time.sleep(int(m.group(1)) / 10)
+    if name.startswith("killworker"):
+        with open(task["vnnlib"]) as f:
+            folder = f.read().strip()
+        with open(os.path.join(folder, "killworker.pids"), "a") as f:
+            f.write(f"{os.getpid()}\n")
+        os.kill(task["worker_pid"], signal.SIGKILL)
+        time.sleep(60)
     return {"result": "unknown", "time": 0.01, "log": [{"step": "fake"}], "message": f"timeout={task['timeout']}"}
+
+
+def slow_driver(out_dir, csv_path, engine, address=None):
+    """A driver for the kill-and-resume test: runs ``fake_task`` over ``csv_path``."""
+    from onnxverify.vnncomp import read_instances, run_instances
+
+    run_instances([(read_instances(csv_path), out_dir)], workers=2, progress="lines", fn=fake_task, engine=engine,
+                  address=address, cpus_per_instance=1)
+
+
+if __name__ == "__main__":
+    import sys
+
+    slow_driver(*sys.argv[1:])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from . import model, ops, stats, train, verify
+from . import model, ops, run, stats, train, verify
 from .common import CliGroup
 
 
@@ -20,7 +20,7 @@ def main(debug):
     """onnxverify: sound output bounds and verification for ONNX neural networks."""
 
 
-for _module in (model, ops, verify, stats, train):
+for _module in (model, ops, verify, run, stats, train):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

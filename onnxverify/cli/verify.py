@@ -1,4 +1,4 @@
-"""CLI commands ``onnxverify verify`` and ``onnxverify run`` (registered by onnxverify.cli)."""
+"""CLI command ``onnxverify verify`` (registered by onnxverify.cli; ``run`` is in cli/run.py)."""
 from __future__ import annotations
 
 import os
@@ -120,48 +120,7 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
                    + (" ..." if len(y) > 10 else ""), err=True)
 
 
-@click.command("run")
-@click.argument("instances", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", default="vnncomp_results", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder (one sub-folder per benchmark when several csv files are given).")
-@click.option("--timeout-cap", type=float, default=None, help="Cap every instance's timeout at this many seconds.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Instances run in parallel.")
-@click.option("--methods", default=None, help="Bound cascade (see `onnxverify verify --help`).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@friendly_errors
-def run_command(instances, out_dir, timeout_cap, workers, methods, no_progress):
-    """Run VNN-COMP INSTANCES csv file(s) (onnx,vnnlib,timeout; paths relative to the csv).
-
-    Writes one result file per instance, results.csv (appended as instances finish; a
-    re-run skips finished rows) and log.jsonl, and prints a summary table per benchmark.
-    """
-    from ..errors import InputError
-    from ..verify.cascade import parse_methods
-    from ..vnncomp import read_instances, run_instances, summary_table
-
-    if workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
-    if timeout_cap is not None and not timeout_cap > 0:
-        raise InputError(f"--timeout-cap must be > 0, got {timeout_cap}")
-    if methods is not None:
-        parse_methods(methods)  # validate early
-    groups, names = [], []
-    for path in instances:
-        insts = read_instances(path)
-        name = insts[0].benchmark
-        if name in names:
-            name = f"{name}_{len(names)}"
-        names.append(name)
-        groups.append((insts, out_dir if len(instances) == 1 else os.path.join(out_dir, name)))
-    t0 = time.monotonic()
-    results = run_instances(groups, timeout_cap=timeout_cap, workers=workers, methods=methods,
-                            progress=not no_progress)
-    click.echo(summary_table({n: results[d] for n, (_, d) in zip(names, groups)}))
-    click.echo(f"results in {out_dir} ({time.monotonic() - t0:.0f} s)")
-
-
 verify_command.name = "verify"
-run_command.name = "run"
-COMMANDS = [verify_command, run_command]
+COMMANDS = [verify_command]
 
 __all__ = ["COMMANDS"]

@@ -6,7 +6,7 @@ from collections import Counter
 from ..report.tables import format_table
 from .results import VERDICTS
 
-__all__ = ["summarize", "summary_table"]
+__all__ = ["error_lines", "summarize", "summary_table"]
 
 
 def summarize(rows) -> dict:
@@ -30,3 +30,14 @@ def summary_table(by_benchmark: dict) -> str:
     if len(by_benchmark) > 1:
         table.append(["all", *[tot[v] for v in VERDICTS], tot["total"], f"{tot['time']:.0f}"])
     return format_table(headers, table)
+
+
+def error_lines(by_benchmark: dict, limit: int = 20) -> list:
+    """One console line per ``error`` row (``benchmark onnx vnnlib: reason``), at most
+    ``limit`` of them plus a line counting the rest."""
+    errs = [(name, r) for name, rows in by_benchmark.items() for r in rows if r.get("result") == "error"]
+    out = [f"error: {name + ' ' if len(by_benchmark) > 1 else ''}{r['onnx']} {r['vnnlib']}: "
+           f"{r.get('reason') or '(no reason recorded)'}" for name, r in errs[:limit]]
+    if len(errs) > limit:
+        out.append(f"... and {len(errs) - limit} more error row(s): see results.csv (column reason)")
+    return out
