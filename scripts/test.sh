@@ -28,7 +28,7 @@ else
     step "ONNXVERIFY_TORCH is empty: keeping the installed torch"
 fi
 step "pip install -e . with the train, test and plot extras (onnx2torch, onnxscript, scikit-learn, pytest, hypothesis, matplotlib)"
-python -m pip install -q -e ".[train,test,plot]"
+python -m pip install -q -e ".[train,test,plot,distributed]"
 step "pytest $*"
 set +e
 python -m pytest -q "$@"

@@ -18,6 +18,7 @@ from onnxverify.cli import main
 from onnxverify.vnncomp import (RESULT_FIELDS, read_instances, read_result, replay_counterexample, run_instances,
                                 summarize, summary_table, write_result)
 from test_verify import BOX, HEADER, tiny_net
+from onnxverify.vnncomp.records import version
 from test_vnncomp_tasks import fake_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,3 +220,151 @@ def test_benchmark_script_on_a_small_subset(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "UNSOUND" in p.stdout and "rl_benchmarks" in p.stdout
     assert (tmp_path / "summary.json").exists() and (tmp_path / "summary.csv").exists()
+
+
+# ----------------------------------------------------------------------------- resume you can trust
+def fake_suite(folder, names_timeouts):
+    """An instances.csv of fake instances (see test_vnncomp_tasks.fake_task) in ``folder``;
+    the property file names ``folder`` (where the fakes leave pid files)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "p.vnnlib").write_text(str(folder))
+    for name, _ in names_timeouts:
+        (folder / name).write_bytes(b"")
+    (folder / "instances.csv").write_text("".join(f"{n},p.vnnlib,{t}\n" for n, t in names_timeouts))
+    return folder / "instances.csv"
+
+
+def check_engine_resume(tmp_path, **engine):
+    """A suite run four times on one engine: same settings reuse every row (files untouched),
+    a larger cap redoes the rows whose effective timeout changed, --redo redoes chosen
+    verdicts, --fresh starts over; always one row and one log line per instance."""
+    import json
+
+    csv_path = fake_suite(tmp_path, [("fine1.onnx", 10), ("fine2.onnx", 10), ("raise.onnx", 10), ("hang.onnx", 1)])
+    out = tmp_path / "out"
+    lines = []
+
+    def run(**kw):
+        lines.clear()
+        res = run_instances([(read_instances(csv_path), str(out))], workers=2, grace=0.5, progress=False,
+                            fn=fake_task, echo=lines.append, timeout_cap=kw.pop("cap"), **engine, **kw)
+        rows = read_rows(out / "results.csv")
+        keys = [(r["onnx"], r["vnnlib"]) for r in rows]
+        assert len(keys) == len(set(keys)) == 4 and len(res[str(out)]) == 4  # one row per instance, always
+        log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        assert sorted((d["onnx"], d["vnnlib"]) for d in log) == sorted(keys)
+        assert len(list((out / "results").iterdir())) == 4
+        return {r["onnx"]: r for r in rows}, {d["onnx"]: d for d in log}
+
+    rows, log = run(cap=5)
+    assert lines == []  # nothing to resume
+    assert {k: r["result"] for k, r in rows.items()} == {"fine1.onnx": "unknown", "fine2.onnx": "unknown",
+                                                          "raise.onnx": "error", "hang.onnx": "timeout"}
+    assert rows["raise.onnx"]["reason"] == "RuntimeError: boom" and log["fine1.onnx"]["message"] == "timeout=5.0"
+    assert {r["timeout"] for r in rows.values()} == {"5", "1"} and {r["cap"] for r in rows.values()} == {"5"}
+    assert rows["fine1.onnx"]["methods"] == "default" and rows["fine1.onnx"]["version"] == version()
+    mtimes = {f.name: f.stat().st_mtime_ns for f in (out / "results").iterdir()}
+    again, _ = run(cap=5)  # same settings: everything reused, nothing rewritten
+    assert lines == [f"{tmp_path.name}: resuming: 4 row(s) reused, 0 redone, 0 new"]
+    assert again == rows and mtimes == {f.name: f.stat().st_mtime_ns for f in (out / "results").iterdir()}
+    capped, log = run(cap=7, redo=("timeout",))  # three effective timeouts 5 -> 7; the 1 s row by --redo
+    assert lines == [f"{tmp_path.name}: resuming: 0 row(s) reused, 4 redone (3 made with other settings, "
+                     "1 by --redo), 0 new"]
+    assert log["fine1.onnx"]["message"] == "timeout=7.0" and capped["fine1.onnx"]["timeout"] == "7"
+    assert capped["hang.onnx"]["result"] == "timeout"
+    run(cap=7, fresh=True)
+    assert lines == []  # started over: nothing to resume
+
+
+def test_engine_resume_local(tmp_path):
+    check_engine_resume(tmp_path)
+
+
+def _rows_csv(path, rows, fields=RESULT_FIELDS, tail=""):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        f.write(tail)
+
+
+def test_plan_group_reuse_and_redo_rules(tmp_path):
+    """Which rows a rerun reuses: same effective timeout, methods and version; --redo
+    verdicts; --fresh; old four-column files, torn lines and duplicates."""
+    from onnxverify.vnncomp.records import plan_group, settings_row
+
+    csv_path = fake_suite(tmp_path, [("a.onnx", 10), ("b.onnx", 10), ("c.onnx", 1), ("d.onnx", 10)])
+    insts = read_instances(csv_path)
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+
+    def settings(cap, methods=None):
+        return lambda i: settings_row(i.timeout if cap is None else min(i.timeout, cap), cap, methods)
+
+    def row(name, result, cap=5, methods=None, **kw):
+        inst = next(i for i in insts if i.onnx == name)
+        return {"onnx": name, "vnnlib": "p.vnnlib", "result": result, "time": "0.1", **settings(cap, methods)(inst),
+                **kw}
+
+    def plan(cap=5, methods=None, **kw):
+        p = plan_group(insts, str(out), settings(cap, methods), **kw)
+        return p, sorted(i.onnx for i in p.todo)
+
+    rows = [row("a.onnx", "unsat"), row("b.onnx", "error", reason="boom"), row("c.onnx", "timeout")]
+    _rows_csv(out / "results.csv", rows)
+    (out / "results" / insts[3].result_name()).write_text("sat\n")  # a result file without a row
+    p, todo = plan()
+    assert todo == ["d.onnx"] and (p.reused, p.new) == (3, 1) and p.rows[("b.onnx", "p.vnnlib")]["reason"] == "boom"
+    assert not (out / "results" / insts[3].result_name()).exists()  # it would be stale: removed
+    assert plan(cap=7)[1] == ["a.onnx", "b.onnx", "d.onnx"]  # c keeps its 1 s timeout: reused
+    _rows_csv(out / "results.csv", rows)
+    p, todo = plan(cap=5, methods="ibp")
+    assert todo == ["a.onnx", "b.onnx", "c.onnx", "d.onnx"] and p.redo_settings == 3
+    _rows_csv(out / "results.csv", rows)
+    p, todo = plan(redo=("error", "timeout"))
+    assert todo == ["b.onnx", "c.onnx", "d.onnx"] and p.line("x") == \
+        "x: resuming: 1 row(s) reused, 2 redone (2 by --redo), 1 new"
+    assert [r["onnx"] for r in read_rows(out / "results.csv")] == ["a.onnx"]  # the file keeps only reused rows
+    _rows_csv(out / "results.csv", rows + [{**rows[0], "version": "0.0.1"}], tail="d.onnx,p.vnnlib,uns")
+    p, todo = plan()  # the later duplicate (another version) wins and is redone; the torn line is dropped
+    assert todo == ["a.onnx", "d.onnx"] and len(read_rows(out / "results.csv")) == 2
+    assert (out / "results.csv").read_text().endswith("\n")
+    _rows_csv(out / "results.csv", rows, fields=["onnx", "vnnlib", "result", "time"])  # the old format
+    p, todo = plan()
+    assert len(todo) == 4 and p.redo_settings == 3
+    assert (out / "results.csv").read_text().splitlines()[0] == ",".join(RESULT_FIELDS)
+    _rows_csv(out / "results.csv", rows)
+    (out / "log.jsonl").write_text('{"onnx": "a.onnx", "vnnlib": "p.vnnlib"}\n{"onnx": "b.onn')
+    p, todo = plan(fresh=True)
+    assert len(todo) == 4 and not p.resumed and not (out / "results.csv").exists()
+    assert not (out / "log.jsonl").exists() and list((out / "results").iterdir()) == []
+
+
+def test_cli_run_console_without_tty(bench):
+    """Piped output: one plain line per instance, a resume line, error reasons; --fresh and
+    --redo through the CLI; --no-progress prints no progress lines."""
+    args = ["run", str(bench / "instances.csv"), "--out", str(bench / "o"), "--timeout-cap", "10"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    progress = [line for line in r.stderr.splitlines() if line.startswith("[")]
+    assert len(progress) == 3 and all("\r" not in line for line in r.output.splitlines())
+    assert any(line.startswith("[") and ": error " in line and "(ModelError" in line for line in progress)
+    err = [line for line in r.stdout.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and "bad.onnx sat.vnnlib: ModelError: cannot read" in err[0]
+    r = CliRunner().invoke(main, args + ["--redo", "error", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "resuming: 2 row(s) reused, 1 redone (1 by --redo), 0 new" in r.stderr
+    assert not [line for line in r.stderr.splitlines() if line.startswith("[")]
+    assert "bad.onnx sat.vnnlib: ModelError" in r.stdout  # the reused rows' reasons come from results.csv
+    r = CliRunner().invoke(main, args + ["--fresh", "--no-progress"])
+    assert r.exit_code == 0 and "resuming" not in r.output
+    assert len(read_rows(bench / "o" / "results.csv")) == 3
+
+
+@pytest.mark.parametrize("args", [["--address", "auto"], ["--gpus-per-instance", "1"], ["--redo", "maybe"],
+                                  ["--engine", "ray", "--cpus-per-instance", "0"]])
+def test_cli_run_option_errors(bench, args):
+    r = CliRunner().invoke(main, ["run", str(bench / "instances.csv"), *args])
+    assert r.exit_code == 2, r.output
+    assert [line for line in r.output.splitlines() if line.strip()][0].startswith("error: ")

@@ -11,6 +11,7 @@ so it imports as little as possible). It holds no tests.
 * ``killworker*``: record this process's pid in ``<folder>/killworker.pids``, where the
   property file's text names the folder, kill the Ray worker running it (``worker_pid``),
   then hang (the orphaned child must take itself down);
+* ``pidhang*``: record this process's pid in ``<folder>/pidhang.pids``, then hang;
 * anything else: ``unknown`` at once.
 
 The message says ``timeout=<t>`` so that tests see the timeout a task got.
@@ -38,13 +39,15 @@ def fake_task(task):
     m = re.match(r"sleep(\d+)", name)
     if m:
         time.sleep(int(m.group(1)) / 10)
-    if name.startswith("killworker"):
-        with open(task["vnnlib"]) as f:
-            folder = f.read().strip()
-        with open(os.path.join(folder, "killworker.pids"), "a") as f:
-            f.write(f"{os.getpid()}\n")
-        os.kill(task["worker_pid"], signal.SIGKILL)
-        time.sleep(60)
+    for kind in ("killworker", "pidhang"):
+        if name.startswith(kind):
+            with open(task["vnnlib"]) as f:
+                folder = f.read().strip()
+            with open(os.path.join(folder, f"{kind}.pids"), "a") as f:
+                f.write(f"{os.getpid()}\n")
+            if kind == "killworker":
+                os.kill(task["worker_pid"], signal.SIGKILL)
+            time.sleep(60)
     return {"result": "unknown", "time": 0.01, "log": [{"step": "fake"}], "message": f"timeout={task['timeout']}"}
 
 
@@ -53,7 +56,7 @@ def slow_driver(out_dir, csv_path, engine, address=None):
     from onnxverify.vnncomp import read_instances, run_instances
 
     run_instances([(read_instances(csv_path), out_dir)], workers=2, progress="lines", fn=fake_task, engine=engine,
-                  address=address, cpus_per_instance=1)
+                  address=address or None, cpus_per_instance=1)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ import signal
 import threading
 import time
 
-__all__ = ["run_in_child"]
+__all__ = ["run_in_child", "MAIN_VAR"]
+
+MAIN_VAR = "ONNXVERIFY_FORKSERVER_MAIN"
 
 _CTX = None
 
@@ -26,6 +28,15 @@ _CTX = None
 def _context():
     global _CTX
     if _CTX is None:
+        from multiprocessing import spawn
+
+        # Each child would re-run the parent's main script (for a Ray worker: importing Ray,
+        # seconds) unless the server already has it as __main__; the stdlib's "__main__"
+        # preload misses it (its key is main_path, the data's init_main_from_path), so
+        # .preload imports it from this variable.
+        main_path = spawn.get_preparation_data("onnxverify").get("init_main_from_path")
+        if main_path:
+            os.environ[MAIN_VAR] = main_path
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["onnxverify.vnncomp.preload"])
         _CTX = ctx

@@ -30,12 +30,13 @@ def _set_memory_limit(mem_limit):
             pass
 
 
-def _worker_main(conn, fn, mem_limit):
+def _worker_main(conn, fn, mem_limit, preload):
     _set_memory_limit(mem_limit)
-    try:  # import the heavy parts before the first clock starts
-        from . import preload  # noqa: F401
-    except Exception:
-        pass
+    if preload:
+        try:  # import the verifier before the first clock starts
+            from . import preload  # noqa: F401
+        except Exception:
+            pass
     conn.send("ready")
     while True:
         try:
@@ -53,8 +54,10 @@ def _worker_main(conn, fn, mem_limit):
 
 class _Worker:
     def __init__(self, ctx, fn, mem_limit, threads=None):
+        from .runner import verify_task
+
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, fn, mem_limit), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, fn, mem_limit, fn is verify_task), daemon=True)
         saved = {k: os.environ.get(k) for k in THREAD_VARS}
         if threads:  # BLAS reads these at import time in the child; the user's own setting wins
             for k in THREAD_VARS:

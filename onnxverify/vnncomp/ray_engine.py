@@ -115,6 +115,7 @@ def _instance(task: dict, fn_bytes: bytes, files: tuple, cpus: float, gpus: floa
                       worker_pid=os.getpid())
     out = run_in_child(fn_bytes, child_task, task["timeout"] + task["grace"], mem)
     out["where"] = where
+    out["paths"] = paths  # the driver writes its own paths into the message instead
     return out
 
 
@@ -173,6 +174,8 @@ def run_ray(tasks, sink: ResultSink, fn, address=None, cpus: float = 1.0, gpus: 
                 for ref in ready:
                     task, t_sub = in_flight.pop(ref)
                     out, cause = _outcome(ray, ref)
+                    for local, mine in zip((out or {}).pop("paths", ()), (task["onnx"], task["vnnlib"])):
+                        out["message"] = str(out.get("message") or "").replace(local, mine)
                     if out is not None and "fault" not in out:
                         sink.finish(task, out)
                     elif record_fault(sink, task, cause or out["fault"], (out or {}).get("time", 0.0)):
