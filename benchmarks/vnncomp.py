@@ -10,8 +10,10 @@ onnxruntime re-check) — which must be 0. Writes ``summary.json`` and ``summary
     python benchmarks/vnncomp.py                         # everything, 30 s cap, 2 workers
     python benchmarks/vnncomp.py acasxu mnist_fc --cap 10 --sample 20
     python benchmarks/vnncomp.py --fresh                 # ignore finished rows of a previous run
+    python benchmarks/vnncomp.py acasxu --engine ray --address auto --cpus-per-instance 1
 
-An interrupted run resumes where it stopped (finished rows in results.csv are kept).
+An interrupted run resumes where it stopped (finished rows made with the same cap and
+methods are kept; ``--redo unknown,timeout`` redoes chosen verdicts).
 """
 from __future__ import annotations
 
@@ -85,7 +87,13 @@ def main(argv=None):
     ap.add_argument("benchmarks", nargs="*", help="benchmark folder names (default: all)")
     ap.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
     ap.add_argument("--cap", type=float, default=30.0, help="per-instance time cap in seconds")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="local: worker processes (default 2); "
+                    "ray: most tasks in flight")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local")
+    ap.add_argument("--address", default=None, help="ray: cluster address (auto, HOST:PORT)")
+    ap.add_argument("--cpus-per-instance", type=float, default=1.0)
+    ap.add_argument("--gpus-per-instance", type=float, default=0.0)
+    ap.add_argument("--redo", default="", help="verdicts to redo, e.g. unknown,timeout,error")
     ap.add_argument("--sample", type=int, default=None, help="instances per benchmark (stratified by expected)")
     ap.add_argument("--out", default=str(REPO / "out" / "vnncomp"), help="output folder (default: out/vnncomp, git-ignored)")
     ap.add_argument("--methods", default=None, help="bound cascade (default: onnxverify's)")
@@ -111,8 +119,13 @@ def main(argv=None):
                for it in insts}
         groups.append((name, sample_evenly(insts, args.sample, exp), str(out / name)))
     t0 = time.monotonic()
+    if args.workers is None and args.engine == "local":
+        args.workers = 2
     results = run_instances([(insts, d) for _, insts, d in groups], timeout_cap=args.cap, workers=args.workers,
-                            methods=args.methods, progress=not args.no_progress)
+                            methods=args.methods, progress=not args.no_progress, engine=args.engine,
+                            address=args.address, cpus_per_instance=args.cpus_per_instance,
+                            gpus_per_instance=args.gpus_per_instance,
+                            redo=[v.strip() for v in args.redo.split(",") if v.strip()])
     wall = time.monotonic() - t0
 
     table, summary, rows_out = [], {}, []
@@ -163,10 +176,11 @@ def main(argv=None):
     table.append(["all", tot["instances"], *[sum(s["ours"].get(v, 0) for s in summary.values()) for v in VERDICTS],
                   "", "", "", tot["solved"], tot["abcrown_solved"], tot["unsound"], f"{tot['time_s']:.0f}"])
     print(format_table(headers, table))
-    print(f"cap {args.cap:g} s, {args.workers} worker(s), wall {wall:.0f} s; results in {out}")
+    where = f"{args.workers} worker(s)" if args.engine == "local" else f"ray ({args.address or 'default address'})"
+    print(f"cap {args.cap:g} s, {where}, wall {wall:.0f} s; results in {out}")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "summary.json", "w") as f:
-        json.dump({"cap_s": args.cap, "workers": args.workers, "sample": args.sample, "wall_s": round(wall, 1),
+        json.dump({"cap_s": args.cap, "workers": args.workers, "engine": args.engine, "sample": args.sample, "wall_s": round(wall, 1),
                    "benchmarks": summary, "total": tot}, f, indent=1)
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows_out[0]) if rows_out else ["benchmark"])

@@ -100,7 +100,10 @@ def _instance(task: dict, fn_bytes: bytes, files: tuple, cpus: float, gpus: floa
     from .records import version
     from .runner import default_memory_limit
 
-    where = {"engine": "ray", "host": socket.gethostname(), "pid": os.getpid()}
+    import ray
+
+    where = {"engine": "ray", "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id()[:16],
+             "pid": os.getpid()}
     if task["version"] != version():
         return {"result": "error", "time": 0.0, "where": where,
                 "message": f"node {where['host']} has onnxverify {version()}, the driver {task['version']}"}
