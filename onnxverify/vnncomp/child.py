@@ -85,6 +85,12 @@ def _kill_group(proc) -> None:
     proc.join(timeout=5)
 
 
+def _reap(proc, grace: float = 10.0) -> None:
+    proc.join(timeout=grace)
+    if proc.is_alive():  # it sent its result but does not exit: no lingering processes
+        _kill_group(proc)
+
+
 def run_in_child(fn_bytes: bytes, task: dict, limit: float, mem_limit=None) -> dict:
     """Run ``pickle.loads(fn_bytes)(task)`` in a child process; kill its process group after
     ``limit`` seconds. Returns the function's outcome dict, or ``{"result": "timeout"}`` when
@@ -96,20 +102,22 @@ def run_in_child(fn_bytes: bytes, task: dict, limit: float, mem_limit=None) -> d
     proc.start()  # the first start also boots the fork server (imports the verifier)
     child_conn.close()
     t0 = time.monotonic()
+    eof = False  # the child closed its end without a result: only its exit is left to see
     try:
         while True:
             left = t0 + limit - time.monotonic()
-            ready = mp.connection.wait([parent_conn, proc.sentinel], timeout=max(0.0, left))
+            waiting = [proc.sentinel] if eof else [parent_conn, proc.sentinel]
+            ready = mp.connection.wait(waiting, timeout=max(0.0, left))
             if parent_conn in ready:
                 try:
                     out = parent_conn.recv()
                 except (EOFError, OSError):
-                    out = None
-                if out is not None:
-                    proc.join(timeout=5)
+                    out, eof = None, True
+                if out is not None:  # the child exits by itself: reap it off the task's clock
+                    threading.Thread(target=_reap, args=(proc,), daemon=True).start()
                     out.setdefault("time", time.monotonic() - t0)
                     return out
-            if proc.sentinel in ready and not parent_conn.poll():
+            if proc.sentinel in ready and (eof or not parent_conn.poll()):
                 proc.join(timeout=5)
                 code = proc.exitcode
                 how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -117,7 +125,8 @@ def run_in_child(fn_bytes: bytes, task: dict, limit: float, mem_limit=None) -> d
             if time.monotonic() - t0 >= limit:
                 _kill_group(proc)
                 return {"result": "timeout", "time": time.monotonic() - t0, "message": "killed at the time limit"}
+    except BaseException:  # interrupted (task cancelled): take the child down with us
+        _kill_group(proc)
+        raise
     finally:
-        if proc.is_alive():  # interrupted (task cancelled): take the child down with us
-            _kill_group(proc)
         parent_conn.close()
