@@ -216,7 +216,8 @@ def test_soundness_on_benchmark_sample(tmp_path):
 def test_benchmark_script_on_a_small_subset(tmp_path):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vnncomp.py"), "rl_benchmarks", "--sample", "3",
                         "--cap", "5", "--workers", "1", "--out", str(tmp_path), "--no-progress"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "UNSOUND" in p.stdout and "rl_benchmarks" in p.stdout
     assert (tmp_path / "summary.json").exists() and (tmp_path / "summary.csv").exists()
