@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def cluster():
     finally:
         ray.shutdown()
         ray.cloudpickle.unregister_pickle_by_value(test_vnncomp_tasks)
+        shutil.rmtree(tmp, ignore_errors=True)  # the session's logs and sockets
 
 
 def alive(pid: int) -> bool:
