@@ -117,7 +117,7 @@ def train_phase(spec: Dict[str, str], args) -> None:
 
 
 def eval_phase(spec: Dict[str, str], args) -> Optional[dict]:
-    from onnxverify.training.finish import finish_from_checkpoint
+    from onnxverify.training.trainer import finish_from_checkpoint
     from onnxverify.training.trainer import CHECKPOINT
 
     name = run_name(spec, args)

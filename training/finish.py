@@ -1,7 +1,7 @@
 """After training: export, model card, final evaluation of the exported file.
 
 :func:`finish` (called by :func:`~.trainer.train` with an ``output``) and
-:func:`finish_from_checkpoint` (the same from a workdir's checkpoint, e.g. for a run trained
+:func:`~.trainer.finish_from_checkpoint` (the same from a workdir's checkpoint, e.g. for a run trained
 with ``output=None`` or to re-evaluate):
 
 1. export the network at its final eta with the data set's normalisation folded into the file
@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import onnx
 
-__all__ = ["finish", "finish_from_checkpoint", "format_eval", "config_from_dict"]
+__all__ = ["finish", "format_eval", "config_from_dict"]
 
 
 def config_from_dict(d: Dict):
@@ -149,30 +149,3 @@ def _json(v) -> str:
     import json
 
     return json.dumps(v)
-
-
-def finish_from_checkpoint(workdir, output, evaluate: bool = True, echo: Optional[Callable[[str], None]] = print,
-                           crown_n: Optional[int] = None, **overrides) -> Dict:
-    """:func:`finish` for the network saved in ``workdir``'s checkpoint (its config and data
-    set).  ``crown_n``: CROWN-LBP (and any other linear method) on a random sample of that
-    many test images.  Other keywords: see :func:`finish`."""
-    import torch
-
-    from .tied import TrainableNetwork
-    from .trainer import CHECKPOINT, prepare_dataset
-
-    ckpt = Path(workdir) / CHECKPOINT
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    cfg = config_from_dict(state["config"])
-    proto = onnx.load_model_from_string(state["model_onnx"])
-    net = TrainableNetwork(proto)
-    net.module.load_state_dict(state["module"])
-    net.set_eta(cfg.recipe.eta_schedule().value(float(state["epoch"])))  # the eta of the last finished epoch
-    ds = prepare_dataset(cfg)
-    samples = None
-    if crown_n is not None:
-        samples = {m: int(crown_n) for m in cfg.verify_methods if not m.startswith("ibp")}
-    return finish(net, list(state["history"]), cfg, proto, ds, Path(output), evaluate=evaluate,
-                  say=echo or (lambda s: None), method_samples=samples, **overrides)

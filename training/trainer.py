@@ -39,7 +39,8 @@ from .data import Dataset, load_dataset, subset
 from .schedules import beta_schedule, kappa
 from .tied import TrainableNetwork, available_methods
 
-__all__ = ["TrainResult", "train", "prepare_dataset", "load_onnx", "check_compatible", "default_workdir"]
+__all__ = ["TrainResult", "train", "finish_from_checkpoint", "prepare_dataset", "load_onnx", "check_compatible",
+           "default_workdir"]
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -390,3 +391,27 @@ def _progress(enabled: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not enabled)
+
+
+def finish_from_checkpoint(workdir, output, evaluate: bool = True, echo: Optional[Callable[[str], None]] = print,
+                           crown_n: Optional[int] = None, **overrides) -> Dict:
+    """:func:`~.finish.finish` for the network saved in ``workdir``'s checkpoint (its config and data
+    set).  ``crown_n``: CROWN-LBP (and any other linear method) on a random sample of that
+    many test images.  Other keywords: see :func:`finish`."""
+    from .finish import config_from_dict, finish
+
+    ckpt = Path(workdir) / CHECKPOINT
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(state["config"])
+    proto = onnx.load_model_from_string(state["model_onnx"])
+    net = TrainableNetwork(proto)
+    net.module.load_state_dict(state["module"])
+    net.set_eta(cfg.recipe.eta_schedule().value(float(state["epoch"])))  # the eta of the last finished epoch
+    ds = prepare_dataset(cfg)
+    samples = None
+    if crown_n is not None:
+        samples = {m: int(crown_n) for m in cfg.verify_methods if not m.startswith("ibp")}
+    return finish(net, list(state["history"]), cfg, proto, ds, Path(output), evaluate=evaluate,
+                  say=echo or (lambda s: None), method_samples=samples, **overrides)

@@ -64,9 +64,9 @@ def _child_main(conn, fn_bytes: bytes, task: dict, mem_limit) -> None:
         pass
     _watch_parent(ppid)
     if mem_limit:
-        from .local import _set_memory_limit
+        from .task import set_memory_limit
 
-        _set_memory_limit(mem_limit)
+        set_memory_limit(mem_limit)
     try:
         fn = pickle.loads(fn_bytes)
         out = fn(task)

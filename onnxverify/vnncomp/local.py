@@ -14,24 +14,12 @@ import os
 import time
 
 from .sink import ResultSink, record_fault
+from .task import THREAD_VARS, set_memory_limit, verify_task
 
-__all__ = ["run_local", "THREAD_VARS"]
-
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _set_memory_limit(mem_limit):
-    if mem_limit:
-        try:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_AS, (int(mem_limit), int(mem_limit)))
-        except (ImportError, ValueError, OSError):
-            pass
-
+__all__ = ["run_local"]
 
 def _worker_main(conn, fn, mem_limit, preload):
-    _set_memory_limit(mem_limit)
+    set_memory_limit(mem_limit)
     if preload:
         try:  # import the verifier before the first clock starts
             from . import preload  # noqa: F401
@@ -54,8 +42,6 @@ def _worker_main(conn, fn, mem_limit, preload):
 
 class _Worker:
     def __init__(self, ctx, fn, mem_limit, threads=None):
-        from .runner import verify_task
-
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, fn, mem_limit, fn is verify_task), daemon=True)
         saved = {k: os.environ.get(k) for k in THREAD_VARS}

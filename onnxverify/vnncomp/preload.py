@@ -10,7 +10,7 @@ import numpy  # noqa: F401
 import onnxruntime  # noqa: F401
 
 from .. import verify  # noqa: F401
-from . import runner
+from . import task
 
 _main = os.environ.pop("ONNXVERIFY_FORKSERVER_MAIN", None)  # see child._context
 if _main:
@@ -50,7 +50,7 @@ def warm_up() -> None:
                   os.path.join(d, "warm.onnx"))
         with open(os.path.join(d, "warm.vnnlib"), "w") as f:
             f.write(_PROPERTY)
-        runner.verify_task({"onnx": os.path.join(d, "warm.onnx"), "vnnlib": os.path.join(d, "warm.vnnlib"),
+        task.verify_task({"onnx": os.path.join(d, "warm.onnx"), "vnnlib": os.path.join(d, "warm.vnnlib"),
                             "timeout": 10.0})
     gc.collect()  # the onnxruntime session and its threads are gone before anything forks
 

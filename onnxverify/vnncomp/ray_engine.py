@@ -96,9 +96,8 @@ def materialize(entry) -> str:
 def _instance(task: dict, fn_bytes: bytes, files: tuple, cpus: float, gpus: float) -> dict:
     """The body of one Ray task (runs on a worker node)."""
     from .child import run_in_child
-    from .local import THREAD_VARS
     from .records import version
-    from .runner import default_memory_limit
+    from .task import THREAD_VARS, default_memory_limit
 
     import ray
 

@@ -9,46 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections import OrderedDict
 
 from .records import RESULT_FIELDS, plan_group, settings_row, version
-from .results import VERDICTS, write_result
+from .results import VERDICTS
 from .sink import Progress, ResultSink
+from .task import default_memory_limit, verify_task
 
 __all__ = ["ENGINES", "RESULT_FIELDS", "run_instances", "verify_task", "default_memory_limit"]
 
 ENGINES = ("local", "ray")
-
-
-def verify_task(task: dict) -> dict:
-    """Run one instance (in a worker): ``{"result", "time", "log", "message",
-    "counterexample"}`` (``(x_flat, y_flat)`` for sat, else None). With ``result_path`` in
-    the task it also writes the result file (the runner's driver writes it otherwise)."""
-    from ..verify import verify
-
-    t0 = time.monotonic()
-    try:
-        res = verify(task["onnx"], task["vnnlib"], timeout=task["timeout"], methods=task.get("methods"),
-                     seed=task.get("seed", 0), max_memory=task.get("max_memory"))
-        verdict, ce, log, msg = res.verdict, res.counterexample, res.log, res.message
-    except MemoryError as e:
-        verdict, ce, log, msg = "error", None, [], f"out of memory: {e}"
-    except Exception as e:
-        verdict, ce, log, msg = "error", None, [], f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-    elapsed = time.monotonic() - t0
-    if task.get("result_path"):
-        write_result(task["result_path"], verdict, ce)
-    return {"result": verdict, "time": elapsed, "log": log, "message": msg, "counterexample": ce}
-
-
-def default_memory_limit(workers: int):
-    """Address-space limit per worker: 80% of RAM shared among the workers (>= 2 GB)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return max(2 * 2**30, int(0.8 * total / max(workers, 1)))
 
 
 def _echo_stderr(line: str) -> None:
