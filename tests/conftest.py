@@ -48,6 +48,22 @@ def pytest_configure(config):
     FUZZ["factor"] = max(1, int(config.getoption("--fuzz-factor"))) if FUZZ["long"] else 1
 
 
+def pytest_terminal_summary(terminalreporter):
+    """After fuzz tests: command lines run, worker restarts, known bugs met (by signature)."""
+    fw = sys.modules.get("fuzz_worker")
+    if fw is None or not fw.STATS["cases"]:
+        return
+    from collections import Counter
+
+    tr = terminalreporter
+    tr.section("fuzzing")
+    tr.write_line(f"{fw.STATS['cases']} command lines in the worker ({fw.STATS['seconds']:.0f} s), "
+                  f"{fw.STATS['restarts']} worker restart(s) (hangs/crashes), "
+                  f"{len(fw.FINDINGS)} known bug(s) met; --fuzz-long: {FUZZ['long']} (x{FUZZ['factor']})")
+    for sig, n in Counter(str(f[0]) for f in fw.FINDINGS).most_common():
+        tr.write_line(f"  {n:5d}  {sig}")
+
+
 @pytest.fixture(scope="session")
 def cli_worker(tmp_path_factory):
     """One worker process for every fuzz test: runs ``onnxverify`` command lines with a time

@@ -114,12 +114,20 @@ class Worker:
             self.conn.close()
         self.proc = self.conn = None
         self.restarts += 1
+        STATS["restarts"] += 1
 
     def run(self, args, limit: float = 30.0) -> Outcome:
         if self.proc is None or not self.proc.is_alive():
             self._start()
         self.cases += 1
+        STATS["cases"] += 1
         t0 = time.monotonic()
+        try:
+            return self._run(args, limit, t0)
+        finally:
+            STATS["seconds"] += time.monotonic() - t0
+
+    def _run(self, args, limit, t0):
         self.conn.send([str(a) for a in args])
         try:
             if not self.conn.poll(limit):
@@ -162,6 +170,7 @@ KNOWN: dict = {}  # none open: the importer bugs fuzzing found are fixed (tests/
 #: in an ``error`` verdict): a substring of the error line -> what is wrong.
 KNOWN_MESSAGES: dict = {}
 
+STATS = {"cases": 0, "restarts": 0, "seconds": 0.0}  # over every Worker of the session
 FINDINGS: list = []  # (signature, args, description) of every tolerated known bug met
 
 
