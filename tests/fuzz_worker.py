@@ -164,7 +164,11 @@ FOREIGN = ("onnxverify/onnx/", "onnxverify/ops/", "onnxverify/bounds/", "onnxver
 #: Known internal errors in FOREIGN code: (exception type, file, function) of the innermost
 #: onnxverify frame -> what is wrong; each has a strict-xfail reproducer in
 #: tests/test_fuzz_regressions.py. All are malformed models that should give a ModelError.
-KNOWN: dict = {}  # none open: the importer bugs fuzzing found are fixed (tests/test_fuzz_regressions.py)
+KNOWN: dict = {
+    ("IndexError", "onnxverify/onnx/importer.py", "unsupported_nodes"):
+        "an unsupported node with neither a name nor an output: its label reads node.output[0]",
+}
+
 
 #: Known internal errors that the CLI reports without a traceback (``verify`` contains them
 #: in an ``error`` verdict): a substring of the error line -> what is wrong.

@@ -75,7 +75,7 @@ def command_lines(draw):
         args += ["--graph"] if draw(st.booleans()) else []
     elif cmd == "verify":
         args += [model, draw(st.sampled_from(["PROP"] * 4 + ["MISSING", "X", "DIR"]))]
-        args += ["--timeout", draw(st.sampled_from(["1", "0.5", "0", "-1", "nan", "x", "1e-9"]))]
+        args += ["--timeout", draw(st.sampled_from(["1", "0.5", "0", "-1", "nan", "x", "1e-9", "inf", "1e300", "-inf"]))]
         args += _opt(draw, "--methods", CASCADES, 0.5)
         args += ["--no-split"] if draw(st.booleans()) else []
         args += _opt(draw, "--result", ["OUT", "BADOUT", "DIR"], 0.4)

@@ -9,6 +9,9 @@ import click
 
 from .common import friendly_errors
 
+#: The longest finite --timeout (about 11.6 days): the alarm and watchdog timers take no more.
+MAX_TIMEOUT = 1e6
+
 
 def _write_error_result(path):
     if path:
@@ -44,7 +47,8 @@ def _watchdog(seconds, result_path):
 @click.command("verify")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("prop", metavar="PROPERTY", type=click.Path(dir_okay=False))
-@click.option("--timeout", type=float, default=300.0, show_default=True, help="Time limit in seconds (hard).")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Time limit in seconds (hard; at most 1e6, or inf for none).")
 @click.option("--result", "result_path", type=click.Path(dir_okay=False),
               help="Write the VNN-COMP result file here (verdict line, counterexample for sat).")
 @click.option("--methods", default=None,
@@ -69,6 +73,10 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
 
     if timeout is not None and not timeout > 0:
         raise InputError(f"--timeout must be > 0, got {timeout}")
+    if timeout is not None and timeout != float("inf") and timeout > MAX_TIMEOUT:
+        raise InputError(f"--timeout must be at most {MAX_TIMEOUT:g} s (or inf for no limit), got {timeout:g}")
+    if timeout == float("inf"):
+        timeout = None  # no limit, no watchdog
     t0 = time.monotonic()
     dog = None
     try:
@@ -83,7 +91,8 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
                        f"{len(p.cases)} input case(s), {sum(len(c.y_disjuncts) for c in p.cases)} disjunct(s)"
                        + (f"; {note}" if note else ""))
             return
-        dog = _watchdog(timeout + min(2.0, 0.1 * timeout + 0.5), result_path)
+        if timeout is not None:
+            dog = _watchdog(timeout + min(2.0, 0.1 * timeout + 0.5), result_path)
 
         def log_fn(entry):
             if verbose:
@@ -92,7 +101,8 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
 
         # methods=None when --methods is absent, as `run` does: verify() then applies its default
         # cascade and the large-input rule (no forward-map methods above LARGE_INPUT values)
-        res = verify(model, prop, timeout=timeout - (time.monotonic() - t0), methods=methods,
+        left = None if timeout is None else timeout - (time.monotonic() - t0)
+        res = verify(model, prop, timeout=left, methods=methods,
                      seed=seed, split=not no_split, log_fn=log_fn)
         if result_path:
             write_result(result_path, res.verdict, res.counterexample)
