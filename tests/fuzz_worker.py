@@ -202,15 +202,16 @@ def origin(tb_text: str):
     return exc, where, fn
 
 
-def judge(worker: "Worker", args, out: Outcome, ok=None, limit: float = 60.0, what: str = "") -> str:
-    """The fuzz contract: one ``error:`` line, exit 2, no traceback, in time — or exit 0 and
-    ``ok(out)`` (the answer is correct). Returns ``"ok"``, ``"error"`` or ``"known"`` (a
+def judge(worker: "Worker", args, out: Outcome, ok=None, limit: float = 60.0, what: str = "",
+          answer_codes=(0,)) -> str:
+    """The fuzz contract: one ``error:`` line, exit 2, no traceback, in time — or an exit code
+    in ``answer_codes`` (default 0) and ``ok(out)`` (the answer is correct). Returns ``"ok"``, ``"error"`` or ``"known"`` (a
     listed bug in code owned elsewhere); raises AssertionError with the whole outcome."""
     head = f"{what}\nargs: {' '.join(map(str, args))}\n"
     assert out.status == "ran", head + out.describe()
     assert not out.escaped, head + out.describe()
     assert "Traceback" not in out.stdout + out.stderr, head + out.describe()
-    if out.code == 0 and ok is not None:
+    if out.code in answer_codes and ok is not None:
         try:
             ok(out)
         except AssertionError as e:

@@ -116,5 +116,11 @@ def test_fuzz_command_lines(case, files, cli_worker):
                 assert "counterexample" in out.stderr or "OUT" in case.args
         if cmd == "compare":
             assert "crown-lbp/tight" in out.stdout
+        if cmd == "check":
+            assert ("-> OK" in out.stdout) == (out.code == 0)
+            if out.code == 1:  # a mismatch is a right answer only under a tolerance float32 cannot meet
+                tols = [float(v) for k, v in zip(case.args, case.args[1:]) if k in ("--rtol", "--atol")]
+                assert tols and min(tols) <= 1e-6, "MISMATCH with the default tolerances"
 
-    judge(cli_worker, args, cli_worker.run(args, LIMIT), sane, LIMIT, repr(case))
+    codes = (0, 1) if case.args[0] == "check" else (0,)
+    judge(cli_worker, args, cli_worker.run(args, LIMIT), sane, LIMIT, repr(case), answer_codes=codes)

@@ -224,3 +224,13 @@ def test_squeeze_axes_not_1d(tmp_path):
                in_shape=(1, 1, 4))
     with pytest.raises(ov.ModelError):
         _load(m, tmp_path)
+
+
+def test_huge_max_memory_means_no_limit():
+    """Found by test_fuzz_cli: --max-memory 1e308 overflowed int(GB * 2**30) (exit 3)."""
+    from click.testing import CliRunner
+
+    from onnxverify.cli import main
+
+    res = CliRunner().invoke(main, ["bounds", "--max-memory", "1e308"])
+    assert res.exit_code == 0 and "verified robust" in res.output, res.output

@@ -165,7 +165,7 @@ def check_memory(max_memory):
         return None
     if not np.isfinite(max_memory) or max_memory <= 0:
         raise InputError(f"--max-memory must be a positive number of GB, got {max_memory}")
-    return int(max_memory * 2**30)
+    return int(min(max_memory * 2**30, 2**62))  # beyond 4 EiB: no limit in practice
 
 
 def load_network(path):
