@@ -165,8 +165,6 @@ FOREIGN = ("onnxverify/onnx/", "onnxverify/ops/", "onnxverify/bounds/", "onnxver
 #: onnxverify frame -> what is wrong; each has a strict-xfail reproducer in
 #: tests/test_fuzz_regressions.py. All are malformed models that should give a ModelError.
 KNOWN: dict = {
-    ("IndexError", "onnxverify/onnx/importer.py", "unsupported_nodes"):
-        "an unsupported node with neither a name nor an output: its label reads node.output[0]",
 }
 
 

@@ -165,9 +165,6 @@ def _conv_model(inputs=("x", "W"), **attrs):
     return _model([node], [w], in_shape=(1, 1, 5, 5))
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="onnxverify/onnx/importer.py unsupported_nodes: an "
-                   "unsupported node with neither a name nor an output is labelled node.output[0] (IndexError); "
-                   "fuzz_worker.KNOWN lists it")
 def test_unsupported_node_without_name_or_output(tmp_path):
     m = _model([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("NoSuchOp", ["y"], [])], [])
     with pytest.raises(ov.ModelError):

@@ -199,7 +199,7 @@ def unsupported_nodes(model: onnx.ModelProto, opsets: dict | None = None) -> lis
             continue
         conv = REGISTRY.converter(node.domain, node.op_type, _domain_opset(opsets, node.domain))
         if conv is None:
-            label = node.name or node.output[0]
+            label = node.name or (node.output[0] if node.output else f"(unnamed {node.op_type} node)")
             versions = [c.since for c in REGISTRY.converters_for(node.domain, node.op_type)]
             if versions:
                 label += f" (needs opset >= {min(versions)}; the model declares {_domain_opset(opsets, node.domain)})"
