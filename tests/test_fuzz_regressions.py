@@ -7,6 +7,8 @@ strict xfail here and an entry in fuzz_worker.KNOWN until it is fixed.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -231,3 +233,30 @@ def test_huge_max_memory_means_no_limit():
 
     res = CliRunner().invoke(main, ["bounds", "--max-memory", "1e308"])
     assert res.exit_code == 0 and "verified robust" in res.output, res.output
+
+
+def test_point_bounds_never_cross():
+    """Fuzz finding: at eps 0, LBP/tight's float32 lower bound lay 2e-6 above IBP's upper bound
+    on the digits MLP, and their intersection had lower > upper. Crossed entries now take
+    the hull of the two bounds."""
+    from onnxverify.specs.input_sets import LinfBall
+
+    data = Path(ov.__file__).parent / "data"
+    net = ov.load(str(data / "digits_mlp.onnx"))
+    x = np.load(data / "digits_x0.npy")[None]
+    for method in ("lbp", "crown-lbp", "crown", "crown-ibp"):
+        for strategy in ("constant", "tight", "adaptive"):
+            b = net.bounds(LinfBall(x, 0.0), method=method, strategy=strategy)
+            assert (b.lower <= b.upper).all(), (method, strategy, (b.lower - b.upper).max())
+
+
+def test_intersect_takes_the_hull_where_bounds_cross():
+    from onnxverify.backend import get_backend
+    from onnxverify.bounds.engine import intersect
+
+    bk = get_backend("numpy")
+    a = (np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 3.0]))
+    b = (np.array([0.5, 1.0 + 1e-6, 1.0]), np.array([2.0, 2.0, 2.5]))
+    lo, hi = intersect(bk, a, b)
+    np.testing.assert_array_equal(lo, [0.5, 1.0, 2.0])  # the middle entry crossed: hull [1, 2]
+    np.testing.assert_array_equal(hi, [1.0, 2.0, 2.5])

@@ -18,6 +18,7 @@ from ..ops import DEFAULT_STRATEGY, STRATEGIES, check_strategy
 from ..specs.input_sets import InputSet
 from ..specs.output import apply_spec_to_interval, check_spec
 from .affine_maps import affine_tail, spec_through_tail
+from .engine import intersect
 from .ibp import interval_bounds
 from .methods import METHODS, MethodSpec, parse_method, parse_method_list, run_linear_method
 
@@ -91,5 +92,5 @@ def compute_bounds(graph: Graph, input_set: InputSet, method: str = "ibp", spec=
         shape = (B,) + tuple(graph.output_shape)
         l_lin, u_lin = bk.reshape(l_lin, shape), bk.reshape(u_lin, shape)
     if intersect_ibp:
-        l_lin, u_lin = bk.maximum(l_lin, lo), bk.minimum(u_lin, hi)
+        l_lin, u_lin = intersect(bk, (l_lin, u_lin), (lo, hi))
     return Bounds(l_lin, u_lin, method, time.perf_counter() - t0, strategy)

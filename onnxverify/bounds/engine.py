@@ -66,9 +66,8 @@ class LinearEngine:
         return bk.reshape(lo, shape), bk.reshape(hi, shape)
 
     def tighten(self, name, lo, hi):
-        """Intersect new bounds with the best known ones for ``name``."""
-        old = self.best(name)
-        self.bounds[name] = (self.bk.maximum(old[0], lo), self.bk.minimum(old[1], hi))
+        """Intersect new bounds with the best known ones for ``name`` (see :func:`intersect`)."""
+        self.bounds[name] = intersect(self.bk, self.best(name), (lo, hi))
 
     def best(self, name):
         return self.bounds.get(name, self.ibp[name])
@@ -110,3 +109,17 @@ class LinearEngine:
         rule = rule_of(node)
         relax = None if rule.affine else self.relaxation(name)
         self.maps[name] = rule.forward_linear(self.bk, node, relax, [self.maps[i] for i in node.inputs])
+
+
+def intersect(bk, a, b):
+    """Intersection of two sound interval bounds ``a = (lo, hi)`` and ``b`` (same shapes).
+
+    In exact arithmetic both contain the true values, so the intersection does too and is
+    never empty. In float32 two bounds of a (nearly) point-valued quantity computed by
+    different arithmetic can cross by a rounding error (IBP's upper bound 1 ulp below a
+    linear method's lower bound at eps 0); there the intersection would be empty (lower
+    above upper), so those entries take the hull of ``a`` and ``b`` instead.
+    """
+    lo, hi = bk.maximum(a[0], b[0]), bk.minimum(a[1], b[1])
+    crossed = lo > hi
+    return bk.where(crossed, bk.minimum(a[0], b[0]), lo), bk.where(crossed, bk.maximum(a[1], b[1]), hi)
