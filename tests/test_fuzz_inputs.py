@@ -106,7 +106,7 @@ def input_cases(draw):
 def _array(case, S):
     shape = case.shape
     rng = np.random.default_rng(0)
-    a = rng.uniform(0.0, 1.0, shape)
+    a = np.asarray(rng.uniform(0.0, 1.0, shape))  # an array for shape () too
     if case.values == "nan" and a.size:
         a.flat[0] = np.nan
     elif case.values == "inf" and a.size:
