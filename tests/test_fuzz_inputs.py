@@ -122,7 +122,7 @@ def _array(case, S):
         s["a"] = a
         return s
     if case.dtype == "object":
-        return a.astype(object)
+        return np.array(a, dtype=object)  # (a 0-d float64's astype(object) is a Python float)
     with np.errstate(all="ignore"):
         return a.astype(case.dtype)
 

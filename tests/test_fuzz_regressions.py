@@ -260,3 +260,19 @@ def test_intersect_takes_the_hull_where_bounds_cross():
     lo, hi = intersect(bk, a, b)
     np.testing.assert_array_equal(lo, [0.5, 1.0, 2.0])  # the middle entry crossed: hull [1, 2]
     np.testing.assert_array_equal(hi, [1.0, 2.0, 2.5])
+
+
+def test_op_type_that_is_not_text(tmp_path):
+    """Fuzz finding: a bit flip inside an op type makes protobuf return bytes; the importer's
+    error message then failed to join them (TypeError, exit 3)."""
+    data = _model([helper.make_node("Relu", ["x"], ["y"], name="nodeA")], []).SerializeToString()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(b"Relu", b"R\xfflu"))
+    with pytest.raises(ov.ModelError, match="nodeA has an op type that is not UTF-8 text"):
+        ov.load(str(path))
+
+
+def test_dangling_input_of_a_nameless_node_without_outputs(tmp_path):
+    m = _model([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["nowhere"], [])], [])
+    with pytest.raises(ov.ModelError, match="node #1 .*reads 'nowhere'"):
+        _load(m, tmp_path)

@@ -150,14 +150,25 @@ def _initializer(init) -> np.ndarray:
             from None
 
 
+def _node_label(n, k: int) -> str:
+    """How errors name node number ``k``: its name, else its first output, else its index."""
+    return str(n.name or (n.output[0] if n.output else f"#{k}"))
+
+
 def _check_structure(model: onnx.ModelProto):
-    """Every node input is an initializer, a graph input or some node's output."""
+    """Op types are text, and every node input is an initializer, a graph input or some
+    node's output."""
+    for k, n in enumerate(model.graph.node):
+        for what, v in (("an op type", n.op_type), ("a domain", n.domain)):
+            if not isinstance(v, str):  # protobuf hands invalid UTF-8 back as bytes
+                raise ModelError(f"node {_node_label(n, k)} has {what} that is not UTF-8 text ({v[:40]!r}): "
+                                 "the file is damaged")
     known = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input} | {""}
     known |= {o for n in model.graph.node for o in n.output}
-    for n in model.graph.node:
+    for k, n in enumerate(model.graph.node):
         for i in n.input:
             if i not in known:
-                raise ModelError(f"node {n.name or n.output[0]} ({n.op_type}) reads {i!r}, which no node, initializer "
+                raise ModelError(f"node {_node_label(n, k)} ({n.op_type}) reads {i!r}, which no node, initializer "
                                  "or graph input provides")
     for o in model.graph.output:
         if o.name not in known:
@@ -199,7 +210,7 @@ def unsupported_nodes(model: onnx.ModelProto, opsets: dict | None = None) -> lis
             continue
         conv = REGISTRY.converter(node.domain, node.op_type, _domain_opset(opsets, node.domain))
         if conv is None:
-            label = node.name or (node.output[0] if node.output else f"(unnamed {node.op_type} node)")
+            label = str(node.name or (node.output[0] if node.output else f"(unnamed {node.op_type} node)"))
             versions = [c.since for c in REGISTRY.converters_for(node.domain, node.op_type)]
             if versions:
                 label += f" (needs opset >= {min(versions)}; the model declares {_domain_opset(opsets, node.domain)})"
