@@ -9,6 +9,11 @@ the linear machinery (PAPER_NOTES.md §2).
 | crown-lbp         | forward maps (LBP)                        | full backward pass                |
 | crown             | full backward pass per bound node         | full backward pass                |
 | relaxed-crown-V   | backward V layers, then forward maps      | backward V layers, then maps      |
+| alpha-crown       | CROWN passes with optimised lines         | full pass with optimised lines    |
+
+``alpha-crown`` (:mod:`.optimized`) optimises the free bounding lines by gradient ascent on
+the torch backend (torch required); it starts from the strategy's lines, so it is never
+looser than ``crown``.
 
 Intermediate bounds are intersected with IBP (always sound, never looser). Backward passes
 are chunked over rows so that peak memory stays under ``max_memory`` bytes.
@@ -22,7 +27,7 @@ from ..ops import DEFAULT_STRATEGY, STRATEGIES, rule_of
 from .engine import LinearEngine
 from .passes import backward_undecided, bound_nodes, chunked_backward, default_max_memory, gb, itemsize
 
-METHODS = ("ibp", "lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-V")
+METHODS = ("ibp", "lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-V", "alpha-crown")
 
 __all__ = ["METHODS", "STRATEGIES", "DEFAULT_STRATEGY", "MethodSpec", "parse_method", "parse_method_list",
            "intermediate_bounds", "run_linear_method", "exact_by_ibp"]
@@ -31,7 +36,7 @@ __all__ = ["METHODS", "STRATEGIES", "DEFAULT_STRATEGY", "MethodSpec", "parse_met
 @dataclass(frozen=True)
 class MethodSpec:
     """A parsed method name. ``intermediate``: how intermediate bounds are computed (``ibp``,
-    ``lbp``, ``crown``, ``relaxed``); ``out_depth``: nonlinear layers the output pass crosses
+    ``lbp``, ``crown``, ``relaxed``, ``alpha``: optimised lines); ``out_depth``: nonlinear layers the output pass crosses
     before substituting forward maps (None: to the input); ``v``: the same for the
     intermediate passes of ``relaxed-crown-V``."""
 
@@ -55,7 +60,7 @@ def parse_method(method: str) -> MethodSpec:
     :class:`~onnxverify.errors.InputError` that lists the valid ones."""
     m = str(method).strip().lower()
     table = {"ibp": ("ibp", None), "lbp": ("lbp", 1), "crown-ibp": ("ibp", None), "crown-lbp": ("lbp", None),
-             "crown": ("crown", None)}
+             "crown": ("crown", None), "alpha-crown": ("alpha", None)}
     if m in table:
         return MethodSpec(m, *table[m])
     if m.startswith("relaxed-crown-"):
@@ -112,7 +117,7 @@ def intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, 
     keep_maps = set(needs) if spec.intermediate == "relaxed" else _output_cut_nodes(graph, needs, spec.out_depth)
     exact = exact_by_ibp(graph)
     consumers_left = {name: len(cs) for name, cs in graph.consumers().items()}
-    passes = spec.intermediate in ("crown", "relaxed")
+    passes = spec.intermediate in ("crown", "relaxed", "alpha")  # alpha: CROWN's, before optimisation
     for node in graph.computed:
         rule = rule_of(node)
         if not rule.affine:
@@ -139,6 +144,11 @@ def intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, 
 
 def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env, max_memory=None):
     """Output bounds ``(B, K)`` of ``C @ y`` (C ``(B, K, n_out)``) by a linear method."""
+    if parse_method(method).intermediate == "alpha":
+        from .optimized import alpha_crown
+
+        res = alpha_crown(graph, input_set, C, strategy, dtype=dtype, max_memory=max_memory)
+        return bk.asarray(res.lower, dtype=dtype), bk.asarray(res.upper, dtype=dtype)
     eng = intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, max_memory)
     out = graph[graph.output]
     lam = bk.reshape(bk.asarray(C, dtype=dtype), (eng.B, C.shape[1]) + tuple(out.shape))

@@ -176,6 +176,59 @@ class ParamRamp(ElementwiseRule):
         r = node.params["r"]
         return paramramp_status(lo, hi, np.asarray(r.detach().cpu().numpy() if hasattr(r, "detach") else r))
 
+    # -- optimisable lines (alpha-CROWN) and splits (branch and bound) ------------------------------
+    #: free-line parameters per neuron: a lower slope and an upper slope
+    alpha_count = 2
+
+    def alpha_init(self, bk, node, l, u, strategy):
+        """Parameters ``(a_lower, a_upper)``, each ``(B, *shape)`` in ``[0, 1]``, whose lines
+        are ``strategy``'s for every status (``constant`` starts where ``tight`` does)."""
+        zero = l * 0
+        if strategy != "adaptive":
+            return zero, zero
+        r = bend(bk, node.params["r"], l.dtype)
+        return bk.where(u > -l, zero + 1.0, zero), bk.where((u - r) > (r - l), zero, zero + 1.0)
+
+    def alpha_lines(self, bk, node, l, u, alphas):
+        """Lines on ``[l, u]`` (``(B, *shape)``) for ``alphas = (a_lo, a_hi)`` (each ``(B, K,
+        *shape)`` in ``[0, 1]``): ``aL``/``bL``/``aU``/``bU`` ``(B, K, *shape)``. With ``f`` of
+        slope ``eta``, 1, ``eta`` on ``z < 0``, ``[0, r]``, ``z > r``:
+
+        * lower lines ``s z`` through the origin: left unstable ``s in [eta, 1]`` (``eta z <=
+          s z`` for ``z < 0``, ``s z <= z`` for ``0 <= z <= u <= r``); unstable ``s in [eta,
+          f(u)/u]`` (``f`` is concave on ``[0, u]``, so the chord ``f(u)/u z`` is below it there);
+        * upper lines ``r + s (z - r)`` through ``(r, r)``: right unstable ``s in [eta, 1]``
+          (above ``z`` left of ``r``, above ``r + eta (z - r)`` right of it); unstable ``s in
+          [eta, s_lr]`` with ``s_lr = (r - eta l) / (r - l)`` (the chord of the convex piece
+          ``[l, r]`` from ``(r, r)``; a smaller slope stays above it left of ``r``);
+        * the other lines of the six statuses are fixed (``tight``'s: exact or chords).
+
+        ``s = lo + alpha (hi - lo)``, so every ``alpha`` in ``[0, 1]`` gives sound lines."""
+        a_lo, a_hi = alphas
+        eta = float(node.attrs["eta"])
+        r = bend(bk, node.params["r"], l.dtype)
+        aL, bL, aU, bU = (v[:, None] for v in paramramp_lines(bk, l, u, r, eta, "tight"))
+        r1 = (l * 0 + r)[:, None]
+        lu, uu = l[:, None], u[:, None]
+        left_unstable = (lu < 0) & (uu > 0) & (uu <= r1)
+        right_unstable = (lu >= 0) & (lu < r1) & (uu > r1)
+        unstable = (lu < 0) & (uu > r1)
+        f_u = uu * eta + bk.minimum(bk.relu(uu), r1) * (1.0 - eta)
+        s_hi_low = bk.where(unstable, f_u / bk.maximum(uu, GAP), uu * 0 + 1.0)
+        s_low = a_lo * (s_hi_low - eta) + eta
+        s_lr = (r1 - lu * eta) / bk.maximum(r1 - lu, GAP)
+        s_hi_up = bk.where(unstable, s_lr, uu * 0 + 1.0)
+        s_up = a_hi * (s_hi_up - eta) + eta
+        free_lo = left_unstable | unstable
+        free_up = right_unstable | unstable
+        zero = s_low * 0
+        return (bk.where(free_lo, s_low, aL + zero), bk.where(free_lo, zero, bL + zero),
+                bk.where(free_up, s_up, aU + zero), bk.where(free_up, r1 - s_up * r1, bU + zero))
+
+    def branch_points(self, bk, node, l):
+        """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""
+        return [l * 0, l * 0 + bend(bk, node.params["r"], l.dtype)]
+
     @onnx_op(OP_TYPE, since=VERSION, domain=DOMAIN,
              examples=(_ramp_example((2, 6), 0.0), _ramp_example((1, 2, 3, 3), 0.1), _ramp_example((3, 5), 0.7)))
     def convert(self, ctx, node, attrs, label):

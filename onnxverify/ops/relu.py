@@ -76,6 +76,33 @@ class Relu(ElementwiseRule):
     def status_codes(self, node, lo, hi):
         return relu_status(lo, hi)
 
+    # -- optimisable lines (alpha-CROWN) and splits (branch and bound) ------------------------------
+    #: free-line parameters per neuron: the lower slope of an unstable neuron
+    alpha_count = 1
+
+    def alpha_init(self, bk, node, l, u, strategy):
+        """Parameters ``(B, *shape)`` in ``[0, 1]`` whose lines are ``strategy``'s (``constant``
+        has no line of the family through the origin: it starts where ``tight`` does)."""
+        zero = l * 0
+        return (bk.where(u > -l, zero + 1.0, zero) if strategy == "adaptive" else zero,)
+
+    def alpha_lines(self, bk, node, l, u, alphas):
+        """Lines ``(aL, bL, aU, bU)`` on ``[l, u]`` (``(B, *shape)``) for parameters ``alphas``
+        (one ``(B, K, *shape)`` array in ``[0, 1]``): one line per row and neuron, ``aL``
+        ``(B, K, *shape)``, the others ``(B, 1, *shape)``. Unstable neurons get the lower line
+        ``s z`` with ``s = eta + alpha (1 - eta)``; ``eta z <= s z <= z`` on ``z <= 0`` and
+        ``z >= 0`` respectively shows it is below ``f`` for every ``alpha`` in ``[0, 1]``. The
+        upper line is the chord (already the best one); decided neurons keep their exact line."""
+        (a,) = alphas
+        eta = self.slope(node)
+        aL, bL, aU, bU = leaky_relu_lines(bk, l, u, eta, "tight")
+        unstable = ((l < 0) & (u > 0))[:, None]
+        return bk.where(unstable, a * (1.0 - eta) + eta, aL[:, None] + a * 0), bL[:, None], aU[:, None], bU[:, None]
+
+    def branch_points(self, bk, node, l):
+        """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""
+        return [l * 0]
+
     @onnx_op("Relu", since=1, examples=EXAMPLES)
     def convert(self, ctx, node, attrs, label):
         ctx.add(node.output[0], "Relu", [ctx.computed(node.input[0])], source=label)

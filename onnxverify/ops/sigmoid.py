@@ -35,6 +35,38 @@ def s_upper_line(bk, f, df, l, u, iters=30):
     return aU, bU
 
 
+def s_tangent_range(bk, f, df, l, u, iters=30):
+    """Where the upper line of an S-shaped f on ``[l, u]`` may touch f: ``(d_lo, d_hi,
+    tangent)``. Where ``tangent`` holds, the tangent at every ``d`` in ``[d_lo, d_hi]`` is
+    an upper line: on a concave piece (``l >= 0``) any ``d`` in ``[l, u]``; on a mixed interval
+    any ``d >= d*``, the point whose tangent passes through ``(l, f(l))`` (the tangent's value
+    at ``l``, ``f(d) + f'(d) (l - d)``, grows with ``d`` where f is concave, and the convex
+    piece ``[l, 0]`` lies below the chord from ``(l, f(l))`` to ``(0, f(0))``, which lies below
+    the tangent). Elsewhere (convex pieces, or no such ``d`` below ``u``) the chord is used."""
+    tangent_at = lambda d: f(d) + df(d) * (l - d)  # noqa: E731  value at l of the tangent at d
+    top = bk.maximum(u, 0.0)
+    lo, hi = l * 0, top
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        above = tangent_at(mid) >= f(l)
+        hi = bk.where(above, mid, hi)
+        lo = bk.where(above, lo, mid)
+    concave = l >= 0
+    mixed = (l < 0) & (u > 0) & (tangent_at(top) > f(l))
+    return bk.where(concave, l, hi), bk.where(concave, u, top), concave | mixed
+
+
+def s_alpha_upper(bk, f, df, l, u, a):
+    """Upper line ``(aU, bU)`` ``(B, K, *shape)`` of an S-shaped f on ``[l, u]`` (``(B,
+    *shape)``): the tangent at ``d = d_lo + a (d_hi - d_lo)`` for ``a`` ``(B, K, *shape)`` in
+    ``[0, 1]`` where :func:`s_tangent_range` allows one, else the chord."""
+    d_lo, d_hi, tangent = (v[:, None] for v in s_tangent_range(bk, f, df, l, u))
+    d = d_lo + a * (d_hi - d_lo)
+    cs, cb = (v[:, None] for v in chord(bk, f, l, u))
+    slope = df(d)
+    return bk.where(tangent, slope, cs + a * 0), bk.where(tangent, f(d) - slope * d, cb + a * 0)
+
+
 class SShapedRule(ElementwiseRule):
     """An S-shaped ``f`` with centre value ``centre = f(0)`` and ``f(z) = 2 centre - f(-z)``."""
 
@@ -61,6 +93,27 @@ class SShapedRule(ElementwiseRule):
         aU, bU = s_upper_line(bk, f, df, l, u)
         # an upper line (a, b) on [-u, -l] gives the lower line a z + 2c - b on [l, u]
         aLm, bLm = s_upper_line(bk, f, df, -u, -l)
+        return aLm, 2 * self.centre - bLm, aU, bU
+
+    # -- optimisable lines (alpha-CROWN) -----------------------------------------------------------
+    #: free-line parameters per neuron: where the lower and the upper tangent touch f
+    alpha_count = 2
+
+    def alpha_init(self, bk, node, l, u, strategy):
+        """``(a_lower, a_upper)`` ``(B, *shape)``: CROWN's lines (tangent at the midpoint of a
+        concave/convex piece, at ``d*`` on a mixed interval)."""
+        def start(lo, hi):
+            return bk.where(lo >= 0, lo * 0 + 0.5, lo * 0)
+        return start(-u, -l), start(l, u)
+
+    def alpha_lines(self, bk, node, l, u, alphas):
+        """Tangent lines touching f at points chosen by ``alphas = (a_lo, a_hi)`` (``(B, K,
+        *shape)`` in ``[0, 1]``; see :func:`s_alpha_upper`); the lower line is the upper line of
+        ``-f(-z)`` on ``[-u, -l]`` mirrored (``f(z) = 2c - f(-z)``). Sound for every alpha."""
+        f, df = (lambda z: self.f(bk, z)), (lambda z: self.df(bk, z))
+        a_lo, a_hi = alphas
+        aU, bU = s_alpha_upper(bk, f, df, l, u, a_hi)
+        aLm, bLm = s_alpha_upper(bk, f, df, -u, -l, a_lo)
         return aLm, 2 * self.centre - bLm, aU, bU
 
 
