@@ -56,11 +56,13 @@ def _watchdog(seconds, result_path):
                    "(default ibp,crown-ibp:adaptive,crown-lbp:adaptive,crown:adaptive, without crown-lbp for "
                    "inputs of more than 1024 values; an unknown method or strategy is an error).")
 @click.option("--no-split", is_flag=True, help="No input bisection (branch and bound on the input box).")
+@click.option("--no-complete", is_flag=True,
+              help="No complete steps (alpha-CROWN, MILP, beta-CROWN branch and bound on neuron splits).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks.")
 @click.option("--check-only", is_flag=True, help="Only load the model and parse the property (for prepare_instance).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every step.")
 @friendly_errors
-def verify_command(model, prop, timeout, result_path, methods, no_split, seed, check_only, verbose):
+def verify_command(model, prop, timeout, result_path, methods, no_split, no_complete, seed, check_only, verbose):
     """Decide the VNN-LIB PROPERTY on MODEL: sat (with a counterexample), unsat, unknown,
     timeout or error.
 
@@ -103,7 +105,7 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
         # cascade and the large-input rule (no forward-map methods above LARGE_INPUT values)
         left = None if timeout is None else timeout - (time.monotonic() - t0)
         res = verify(model, prop, timeout=left, methods=methods,
-                     seed=seed, split=not no_split, log_fn=log_fn)
+                     seed=seed, split=not no_split, complete=not no_complete, log_fn=log_fn)
         if result_path:
             write_result(result_path, res.verdict, res.counterexample)
     except BaseException:
@@ -113,6 +115,8 @@ def verify_command(model, prop, timeout, result_path, methods, no_split, seed, c
         if dog is not None:
             dog.cancel()
     click.echo(res.verdict)
+    if verbose and res.decided_by:
+        click.echo(f"decided by: {res.decided_by}", err=True)
     if res.verdict == "error":  # verify() contained a failure: the verdict stands, the exit code says which
         from .common import EXIT_INTERNAL, EXIT_USER
 

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import InputError, MemoryLimitError, OnnxVerifyError
 from ..specs.input_sets import Box
 from .deadline import Decided, TimeUp, alarm
+from .complete import complete_steps
 from .input_split import branch_and_bound, split_applicable
 from .loading import load_problem, prop_input_shape
 
@@ -52,6 +53,11 @@ class Result:
     time: float = 0.0
     log: list = field(default_factory=list)
     message: str = ""
+
+    @property
+    def decided_by(self) -> str | None:
+        """The step that decided a ``sat``/``unsat`` verdict (the last one logged), else None."""
+        return self.log[-1]["step"] if self.verdict in ("sat", "unsat") and self.log else None
 
     def summary(self) -> str:
         return f"{self.verdict} ({self.time:.2f} s){': ' + self.message if self.message else ''}"
@@ -230,14 +236,17 @@ class Solver:
             raise Decided("unsat")
 
 def verify(model, prop, timeout: float | None = 300.0, methods=None, *, seed: int = 0, split: bool = True,
-           max_split_dims: int = 32, attack: bool = True, max_memory: int | None = None, log_fn=None) -> Result:
+           max_split_dims: int = 32, attack: bool = True, max_memory: int | None = None, log_fn=None,
+           complete: bool = True) -> Result:
     """Decide a VNN-LIB property on a network within ``timeout`` seconds.
 
     ``model``: ONNX path or :class:`~onnxverify.network.Network`; ``prop``: VNN-LIB path or
     :class:`~onnxverify.specs.vnnlib.Property`; ``methods``: the bound cascade (see
     :func:`parse_methods`; default :data:`DEFAULT_CASCADE`); ``split``: bisect the input box
     when at most ``max_split_dims`` inputs are free; ``max_memory``: bytes a bound method may
-    use (default: the engine's); ``log_fn(entry)`` sees each step.
+    use (default: the engine's); ``log_fn(entry)`` sees each step; ``complete``: run the
+    complete steps (alpha-CROWN, MILP, beta-CROWN branch and bound; :mod:`.complete`) once
+    the bound cascade and input bisection leave disjuncts open.
     Bad files raise :class:`~onnxverify.errors.OnnxVerifyError` /
     :class:`~onnxverify.specs.vnnlib.VnnlibError`; everything after loading is contained in the
     returned :class:`Result`.
@@ -252,6 +261,7 @@ def verify(model, prop, timeout: float | None = 300.0, methods=None, *, seed: in
 
         cascade = [(m, s) for m, s in cascade if not parse_method(m).uses_forward_maps] or cascade
     solver = Solver(net, ort, p, t0, timeout, cascade, seed, split, max_split_dims, log_fn, max_memory)
+    solver.complete = complete and net is not None
     if note:
         solver.note("load", t0, note=f"IR import failed, attacking through onnxruntime only: {note[:300]}")
     verdict, message = "unknown", ""
@@ -309,5 +319,7 @@ def _run(s: Solver, net, attack: bool):
                 s.bound_step(method, strategy, extra=True)
     if split_applicable(s):
         branch_and_bound(s)
-    elif attack:
+    if attack and s.remaining() > 1.0:
         s.attack("attack:long", min(0.25 * budget, 0.5 * s.remaining(), 30.0), 16384 if small else 512, 256, 100)
+    if s.complete:  # alpha-CROWN, MILP, beta-CROWN branch and bound (they attack their subdomains)
+        complete_steps(s)

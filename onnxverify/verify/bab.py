@@ -1,0 +1,281 @@
+"""Branch and bound on neuron splits (beta-CROWN) for one input case of a property.
+
+Subdomains wait in a priority queue, worst first (the smallest worst-disjunct margin): each
+round pops a batch, splits each subdomain on the neuron chosen when it was bounded (two
+children: ``h >= t`` and ``h <= t``), bounds every child at once with optimised lines and
+split multipliers (:func:`~.beta.bound_domains`, warm-started from the parent), drops the
+children whose every open disjunct is proved, tries the minimisers of the children's linear
+bounds as counterexamples (onnxruntime confirms), decides the next split of each remaining
+child (:mod:`.branching`) and queues it. A child with nothing left to split is linear on
+its subdomain: an LP decides it exactly (:func:`~.milp.solve_leaf`). The case is proved
+(``True``) only when the queue runs empty; time, the domain limit or an undecided leaf end
+the search without a verdict.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+
+import numpy as np
+
+from .beta import BabProblem, DomainBatch, bound_domains
+from .branching import top_candidates
+
+__all__ = ["BabSettings", "neuron_bab", "flat_alpha"]
+
+
+class BabSettings:
+    """Knobs of the search (defaults tuned on the shared benchmarks, 2 CPU cores)."""
+
+    iters = 8  # Adam steps per batch of children
+    lr_alpha = 0.1
+    lr_beta = 0.05
+    fsb_k = 3  # candidates tried per subdomain (1: the estimate alone)
+    batch = 64  # first batch of parents; adapts to the round time
+    round_s = (0.5, 3.0)  # aim for rounds of this many seconds
+    memory_fraction = 0.3  # of max_memory for the queue
+
+
+def flat_alpha(P: BabProblem, alphas: dict, K: int) -> np.ndarray:
+    """``{node: tuple of (1, K, *shape)}`` (alpha-CROWN's output-pass parameters, rows of the
+    lower bound) -> ``(1, K, A)`` in :attr:`BabProblem.layout` order; missing nodes get 0."""
+    out = np.zeros((1, K, P.n_alpha), dtype=np.float32)
+    for name, c, shape, off in P.layout:
+        if name in alphas:
+            out[:, :, off:off + int(np.prod(shape))] = np.asarray(alphas[name][c])[:, :K].reshape(1, K, -1)
+    return out
+
+
+def _batch(recs, P, K):
+    d = max(len(r["node"]) for r in recs)
+    B = len(recs)
+    node = np.full((B, d), -1, dtype=np.int64)
+    idx = np.zeros((B, d), dtype=np.int64)
+    side = np.zeros((B, d), dtype=np.int64)
+    t = np.zeros((B, d))
+    beta = np.zeros((B, d, K), dtype=np.float32)
+    for i, r in enumerate(recs):
+        n = len(r["node"])
+        node[i, :n], idx[i, :n], side[i, :n], t[i, :n], beta[i, :n] = r["node"], r["idx"], r["side"], r["t"], r["beta"]
+    alpha = np.stack([r["alpha"] for r in recs]).astype(np.float32)
+    return DomainBatch((node, idx, side, t), beta, alpha, np.stack([r["open"] for r in recs]))
+
+
+def _children(parents, K):
+    kids = []
+    for r in parents:
+        k, j, t = r["split"]
+        for side in (1, -1):
+            kids.append({"node": np.append(r["node"], k), "idx": np.append(r["idx"], j),
+                         "side": np.append(r["side"], side), "t": np.append(r["t"], t),
+                         "beta": np.concatenate([r["beta"], np.zeros((1, K), np.float32)]),
+                         "alpha": r["alpha"], "open": r["open"]})
+    return kids
+
+
+def _records(doms, res, P, open_now):
+    node, idx, side, t = doms.splits
+    out = []
+    for i in range(len(doms)):
+        keep = node[i] >= 0
+        out.append({"node": node[i][keep], "idx": idx[i][keep], "side": side[i][keep], "t": t[i][keep],
+                    "beta": res["beta"][i][keep], "alpha": res["alpha"][i].astype(np.float16), "open": open_now[i]})
+    return out
+
+
+def _worst_margin(P, lower, open_):
+    m = P.disjunct_margins(lower)
+    return np.where(open_, m, np.inf).min(axis=1)
+
+
+class _Search:
+    def __init__(self, s, cs, P, root_alpha, bk, settings, stats):
+        self.s, self.cs, self.P, self.bk, self.cfg, self.stats = s, cs, P, bk, settings, stats
+        self.K = len(P.b)
+        self.root_alpha = root_alpha
+        self.heap, self.tick = [], itertools.count()
+        per_dom = self.K * sum(P.graph[a].size for a in P.graph.ancestors(P.graph.output)) * 8 * 12
+        mem = s.max_memory or _default_memory()
+        self.max_batch = max(2, int(0.4 * mem // max(per_dom, 1)))
+        rec_bytes = self.K * P.n_alpha * 2 + 64 * self.K * 4 + 2048
+        self.max_domains = max(16, int(settings.memory_fraction * mem // rec_bytes))
+        self.batch = min(settings.batch, self.max_batch)
+
+    def bound(self, doms, iters, scores):
+        ts = time.monotonic()
+        out = []
+        step = max(1, self.max_batch)
+        for i in range(0, len(doms), step):
+            sub = DomainBatch(tuple(a[i:i + step] for a in doms.splits), doms.beta[i:i + step],
+                              None if doms.alpha is None else doms.alpha[i:i + step], doms.open[i:i + step])
+            self.s.check_time()
+            out.append(bound_domains(self.bk, self.P, sub, self.root_alpha, iters, self.cfg.lr_alpha,
+                                     self.cfg.lr_beta, scores, deadline=self.s.deadline))
+        self.stats["bound_s"] += time.monotonic() - ts
+        if len(out) == 1:
+            return out[0]
+        res = {k: np.concatenate([o[k] for o in out]) for k in ("lower", "alpha", "beta", "empty")}
+        res["x"] = np.concatenate([o["x"] for o in out]) if all(o["x"] is not None for o in out) else None
+        res["bounds"] = {n: tuple(np.concatenate([o["bounds"][n][c] for o in out]) for c in (0, 1))
+                         for n in out[0]["bounds"]}
+        if scores:
+            res["scores"] = {n: tuple(np.concatenate([o["scores"][n][c] for o in out]) for c in (0, 1))
+                             for n in out[0]["scores"]}
+            res["lines"] = {n: tuple(np.concatenate([np.broadcast_to(o["lines"][n][c], o["scores"][n][0].shape)
+                                                     for o in out]) for c in range(4)) for n in out[0]["lines"]}
+        return res
+
+    def decide(self, doms, res):
+        """The split ``(node, idx, t)`` of each subdomain, or None when nothing is left."""
+        ts = time.monotonic()
+        node, idx, t, valid = top_candidates(self.P, res, self.cfg.fsb_k)
+        B = len(doms)
+        choice = np.zeros(B, dtype=np.int64)
+        if node.shape[1] > 1:
+            kk = node.shape[1]
+            parents = _records(doms, res, self.P, doms.open)
+            trial = []
+            for i, r in enumerate(parents):
+                for c in range(kk):
+                    trial.append(dict(r, split=(node[i, c], idx[i, c], t[i, c])))
+            kids = _children(trial, self.K)
+            tr = self.bound(_batch(kids, self.P, self.K), 0, False)
+            opens = np.repeat(doms.open, 2 * kk, axis=0)
+            w = _worst_margin(self.P, tr["lower"], opens & ~self.P.proved_disjuncts(tr["lower"]))
+            w = w.reshape(B, kk, 2)
+            value = w.min(axis=2) + 1e-3 * np.minimum(w.max(axis=2), 1e6)
+            value = np.where(valid, value, -np.inf)
+            choice = np.argmax(value, axis=1)
+        self.stats["branch_s"] += time.monotonic() - ts
+        return [(int(node[i, c]), int(idx[i, c]), float(t[i, c])) if node.shape[1] and valid[i, c] else None
+                for i, c in enumerate(choice)]
+
+    def attack(self, res, open_):
+        """Try the minimisers of the worst children's linear bounds."""
+        from .attack import forward_flat
+
+        if res["x"] is None:
+            return
+        ts = time.monotonic()
+        diff = res["lower"] - self.P.b[None]
+        live = np.isfinite(res["lower"]).all(axis=1)
+        cand = (diff < 0) & live[:, None] & (open_[:, self.P.owner])
+        bb, kk = np.nonzero(cand)
+        if len(bb):
+            order = np.argsort(diff[bb, kk])[:128]
+            xs = res["x"][bb[order], kk[order]]
+            y = forward_flat(self.s.net.graph, xs)
+            m = self.objective.margins(y).min(axis=1)
+            tol = 1e-6 * (1 + float(np.abs(self.P.b).max(initial=0)))
+            bad = m <= tol
+            if bad.any() and self.s.confirm(xs[bad][np.argsort(m[bad])], self.cs.case):
+                from .deadline import Decided
+
+                raise Decided("sat")
+        self.stats["attack_s"] += time.monotonic() - ts
+
+    def push(self, recs, lower, splits):
+        for r, lo, sp in zip(recs, lower, splits):
+            r["split"] = sp
+            w = float(_worst_margin(self.P, lo[None], r["open"][None])[0])
+            heapq.heappush(self.heap, (w, next(self.tick), r))
+        self.stats["max_queue"] = max(self.stats["max_queue"], len(self.heap))
+
+    def settle(self, doms, res):
+        """Proofs, leaves, attack and next splits of freshly bounded subdomains ``doms``."""
+        P = self.P
+        lower = res["lower"]
+        open_now = doms.open & ~P.proved_disjuncts(lower)
+        done = ~open_now.any(axis=1) | res["empty"]
+        self.stats["proved"] += int(done.sum())
+        self.attack(res, open_now)
+        live = np.flatnonzero(~done)
+        if not len(live):
+            return True
+        sub = DomainBatch(tuple(a[live] for a in doms.splits), doms.beta[live], doms.alpha[live], open_now[live])
+        sub_res = {k: (v[live] if isinstance(v, np.ndarray) else v) for k, v in res.items()}
+        sub_res["bounds"] = {n: (lo[live], hi[live]) for n, (lo, hi) in res["bounds"].items()}
+        sub_res["scores"] = {n: (a[live], b[live]) for n, (a, b) in res["scores"].items()}
+        sub_res["lines"] = {n: tuple(np.broadcast_to(v, res["scores"][n][0].shape)[live] for v in ls)
+                            for n, ls in res["lines"].items()}
+        splits = self.decide(sub, sub_res)
+        recs = _records(sub, sub_res, P, open_now[live])
+        ok = True
+        for i, (r, sp) in enumerate(zip(recs, splits)):
+            if sp is None:  # linear on its subdomain: decide it exactly
+                if not self.leaf(r, sub_res["bounds"], i):
+                    ok = False
+        keep = [i for i, sp in enumerate(splits) if sp is not None]
+        self.push([recs[i] for i in keep], lower[live][keep], [splits[i] for i in keep])
+        return ok
+
+    def leaf(self, rec, bounds, i):
+        from .milp import solve_leaf
+
+        self.stats["leaves"] += 1
+        verdict, x = solve_leaf(self.s, self.P, {n: (lo[i:i + 1], hi[i:i + 1]) for n, (lo, hi) in bounds.items()},
+                                rec, self.cs.case)
+        if verdict == "proved":
+            self.stats["proved"] += 1
+            return True
+        if verdict == "sat":
+            from .deadline import Decided
+
+            raise Decided("sat")
+        self.stats["open_leaves"] += 1
+        return False
+
+    def run(self, root_open):
+        P, K = self.P, self.K
+        root = DomainBatch((np.full((1, 0), -1), np.zeros((1, 0), int), np.zeros((1, 0), int), np.zeros((1, 0))),
+                           np.zeros((1, 0, K), np.float32), self.root_alpha.astype(np.float32), root_open[None])
+        res = self.bound(root, 0, True)
+        self.stats["bounded"] += 1
+        complete = self.settle(root, res)
+        while self.heap:
+            self.s.check_time()
+            if len(self.heap) > self.max_domains:
+                self.stats["stopped"] = f"domain limit {self.max_domains}"
+                return False
+            n = min(len(self.heap), self.batch)
+            parents = [heapq.heappop(self.heap)[2] for _ in range(n)]
+            kids = _children(parents, K)
+            doms = _batch(kids, P, K)
+            ts = time.monotonic()
+            res = self.bound(doms, self.cfg.iters, True)
+            self.stats["bounded"] += len(kids)
+            self.stats["rounds"] += 1
+            complete &= self.settle(doms, res)
+            dt = time.monotonic() - ts
+            lo_s, hi_s = self.cfg.round_s
+            if dt < lo_s and self.batch < self.max_batch:
+                self.batch = min(self.max_batch, self.batch * 2)
+            elif dt > hi_s and self.batch > 4:
+                self.batch //= 2
+        if not complete:
+            self.stats["stopped"] = f"{self.stats['open_leaves']} leaf subdomain(s) undecided"
+        return complete
+
+
+def _default_memory():
+    from ..bounds.passes import default_max_memory
+
+    return default_max_memory()
+
+
+def neuron_bab(s, cs, P: BabProblem, root_alpha, root_open, stats: dict, settings=None) -> bool:
+    """Branch and bound for case ``cs`` of solver ``s`` (see the module docstring); updates
+    ``stats`` (``bounded``, ``rounds``, ``max_queue``, ``proved``, ``leaves``, times).
+    Returns True when every subdomain is proved; raises ``Decided("sat")`` on a confirmed
+    counterexample and ``TimeUp`` at the deadline."""
+    from ..bounds.optimized import torch_backend
+    from .attack import CaseObjective
+
+    for k in ("bounded", "rounds", "max_queue", "proved", "leaves", "open_leaves"):
+        stats.setdefault(k, 0)
+    for k in ("bound_s", "branch_s", "attack_s"):
+        stats.setdefault(k, 0.0)
+    search = _Search(s, cs, P, root_alpha, torch_backend(), settings or BabSettings(), stats)
+    search.objective = CaseObjective(cs.case.y_disjuncts, s.n_out)
+    return search.run(root_open)
