@@ -188,3 +188,21 @@ def test_branch_and_bound_decides_benchmark_subset(bench, onnx_, vnnlib, expecte
     steps = {e["step"]: e for e in res.log}
     assert res.verdict == expected, res.log[-3:]
     assert "bab" in steps and steps["bab"]["result"] == "proved"  # the cascade alone did not decide it
+
+
+def test_without_torch_verify_says_so_and_runs_the_milp(tmp_path, monkeypatch):
+    import onnxverify.bounds.optimized as opt
+    import test_verify as tv
+    from onnxverify.errors import BackendError
+    from onnxverify.verify import verify
+
+    def missing(device=None):
+        raise BackendError("optimised bounds (alpha-CROWN, beta-CROWN) need torch for their gradients: no torch")
+
+    monkeypatch.setattr(opt, "torch_backend", missing)
+    net = tv.tiny_net(tmp_path / "tiny.onnx")
+    p = tv.prop(tmp_path, "(assert (<= Y_0 -0.5))\n")
+    res = verify(net, p, timeout=30, methods="ibp", split=False)
+    steps = {e["step"]: e for e in res.log}
+    assert steps["alpha-crown"]["result"] == "skipped" and "need torch" in steps["alpha-crown"]["note"]
+    assert res.verdict == "unsat" and res.decided_by == "milp"

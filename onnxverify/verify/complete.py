@@ -89,7 +89,8 @@ def complete_steps(s):
             res = root_bounds(s, cs, R, b, owner, J, dtype, tol)
         except BackendError as e:
             s.note("alpha-crown", t, result="skipped", note=f"{e} (alpha-CROWN, beta-CROWN skipped)")
-            return _milp_only(s, cs, dtype)
+            _milp_only(s, cs, dtype)
+            continue
         except (MemoryLimitError, MemoryError) as e:
             s.note("alpha-crown", t, result="skipped", note=f"memory: {str(e)[:200]}")
             return
@@ -158,7 +159,7 @@ def _milp_only(s, cs, dtype):
     box = Box(cs.case.x_lower.reshape((1,) + s.net.input_shape), cs.case.x_upper.reshape((1,) + s.net.input_shape))
     env = interval_bounds(bk, s.net.graph, box, dtype)
     eng = intermediate_bounds(s.net.graph, box, "crown", "adaptive", bk, dtype, env, s.max_memory)
-    bounds = {n: eng.best(n) for n in env if n in eng.bounds}
+    bounds = {n: tuple(np.asarray(v, dtype=np.float64) for v in eng.best(n)) for n in env}
     verdict = decide_case(s, cs, bounds, 0.8 * s.remaining(), max_binaries=200)
     s.note("milp", t, result=verdict, open_disjuncts=s.n_open())
     if verdict == "sat":
