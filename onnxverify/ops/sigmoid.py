@@ -56,13 +56,15 @@ def s_tangent_range(bk, f, df, l, u, iters=30):
     return bk.where(concave, l, hi), bk.where(concave, u, top), concave | mixed
 
 
-def s_alpha_upper(bk, f, df, l, u, a):
+def s_alpha_upper(bk, f, df, l, u, a, ranges=None):
     """Upper line ``(aU, bU)`` ``(B, K, *shape)`` of an S-shaped f on ``[l, u]`` (``(B,
     *shape)``): the tangent at ``d = d_lo + a (d_hi - d_lo)`` for ``a`` ``(B, K, *shape)`` in
-    ``[0, 1]`` where :func:`s_tangent_range` allows one, else the chord."""
-    d_lo, d_hi, tangent = (v[:, None] for v in s_tangent_range(bk, f, df, l, u))
+    ``[0, 1]`` where :func:`s_tangent_range` allows one, else the chord. ``ranges``: that
+    function's result and the chord ``(slope, intercept)`` for these ``l, u``, if known."""
+    if ranges is None:
+        ranges = s_tangent_range(bk, f, df, l, u) + chord(bk, f, l, u)
+    d_lo, d_hi, tangent, cs, cb = (v[:, None] for v in ranges)
     d = d_lo + a * (d_hi - d_lo)
-    cs, cb = (v[:, None] for v in chord(bk, f, l, u))
     slope = df(d)
     return bk.where(tangent, slope, cs + a * 0), bk.where(tangent, f(d) - slope * d, cb + a * 0)
 
@@ -112,9 +114,25 @@ class SShapedRule(ElementwiseRule):
         ``-f(-z)`` on ``[-u, -l]`` mirrored (``f(z) = 2c - f(-z)``). Sound for every alpha."""
         f, df = (lambda z: self.f(bk, z)), (lambda z: self.df(bk, z))
         a_lo, a_hi = alphas
-        aU, bU = s_alpha_upper(bk, f, df, l, u, a_hi)
-        aLm, bLm = s_alpha_upper(bk, f, df, -u, -l, a_lo)
+        up, low = self._ranges(bk, node, l, u, f, df)
+        aU, bU = s_alpha_upper(bk, f, df, l, u, a_hi, up)
+        aLm, bLm = s_alpha_upper(bk, f, df, -u, -l, a_lo, low)
         return aLm, 2 * self.centre - bLm, aU, bU
+
+    def _ranges(self, bk, node, l, u, f, df):
+        """Tangent ranges and chords of the upper line on ``[l, u]`` and of the mirrored lower
+        line on ``[-u, -l]``; they depend on the bounds only, not on the parameters, so one
+        optimisation pass reuses them for every row while ``l``/``u`` are the same arrays."""
+        cache = self.__dict__.setdefault("_range_cache", {})
+        hit = cache.get(node.name)
+        if hit is not None and hit[0] is l and hit[1] is u:
+            return hit[2]
+        out = (s_tangent_range(bk, f, df, l, u) + chord(bk, f, l, u),
+               s_tangent_range(bk, f, df, -u, -l) + chord(bk, f, -u, -l))
+        if len(cache) > 256:
+            cache.clear()
+        cache[node.name] = (l, u, out)
+        return out
 
 
 EXAMPLES = (Example(((2, 9),), low=-6.0, high=6.0), Example(((1, 2, 3, 3),), low=-0.5, high=0.5))

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from ..errors import BackendError, MemoryLimitError
+from ..ops import rule_of
 from ..specs.input_sets import Box
 from .deadline import Decided, TimeUp
 
@@ -40,7 +41,7 @@ def _margins_torch(lower, b, owner, J):
 
 
 def root_bounds(s, cs, R, b, owner, J, dtype, tol, iters=30):
-    """alpha-CROWN on the case's box and open rows: ``(AlphaResult or None, note)``."""
+    """alpha-CROWN on the case's box and open rows (an :class:`~onnxverify.bounds.optimized.AlphaResult`)."""
     from ..bounds.optimized import alpha_crown
 
     box = Box(cs.case.x_lower.reshape((1,) + s.net.input_shape), cs.case.x_upper.reshape((1,) + s.net.input_shape))
@@ -55,16 +56,20 @@ def root_bounds(s, cs, R, b, owner, J, dtype, tol, iters=30):
     from ..bounds.optimized import torch_backend
 
     torch_backend()  # the import (seconds on a busy machine) is not part of the cost estimate below
+    kw = dict(strategy="adaptive", dtype=dtype, upper=False, objective=objective, done=done,
+              max_memory=s.max_memory, patience=8)
+    if not any(hasattr(rule_of(n), "branch_points") for n in s.net.graph.computed):
+        # nothing to split (Sigmoid/Tanh nets): branch and bound cannot follow, the time goes here
+        return alpha_crown(s.net.graph, box, R, iters=10 * iters, **kw,
+                           deadline=min(s.deadline, time.monotonic() + 0.85 * s.remaining()))
     # first the output pass's lines alone (cheap), then every pass's lines when time allows
     t = time.monotonic()
-    res = alpha_crown(s.net.graph, box, R, strategy="adaptive", dtype=dtype, iters=iters, upper=False,
-                      objective=objective, done=done, deadline=min(s.deadline, t + 0.1 * s.remaining()),
-                      max_memory=s.max_memory, patience=8, intermediate=False)
+    res = alpha_crown(s.net.graph, box, R, iters=iters, intermediate=False, **kw,
+                      deadline=min(s.deadline, t + 0.1 * s.remaining()))
     if done(res.lower) or s.remaining() < 8 * (time.monotonic() - t) + 1.0:
         return res
-    full = alpha_crown(s.net.graph, box, R, strategy="adaptive", dtype=dtype, iters=iters, upper=False,
-                       objective=objective, done=done, deadline=min(s.deadline, time.monotonic() + 0.25 * s.remaining()),
-                       max_memory=s.max_memory, patience=8)
+    full = alpha_crown(s.net.graph, box, R, iters=iters, **kw,
+                       deadline=min(s.deadline, time.monotonic() + 0.25 * s.remaining()))
     full.lower = np.maximum(full.lower, res.lower)  # both are sound bounds
     full.init_lower = res.init_lower
     return full
