@@ -106,12 +106,13 @@ class _Search:
         ts = time.monotonic()
         out = []
         step = max(1, self.max_batch)
+        rows = np.flatnonzero((doms.open[:, :, None] & self.P.disj_mask[None]).any(axis=(0, 1)))
         for i in range(0, len(doms), step):
             sub = DomainBatch(tuple(a[i:i + step] for a in doms.splits), doms.beta[i:i + step],
                               None if doms.alpha is None else doms.alpha[i:i + step], doms.open[i:i + step])
             self.s.check_time()
             out.append(bound_domains(self.bk, self.P, sub, self.root_alpha, iters, self.cfg.lr_alpha,
-                                     self.cfg.lr_beta, scores, deadline=self.s.deadline))
+                                     self.cfg.lr_beta, scores, deadline=self.s.deadline, rows=rows))
         self.stats["bound_s"] += time.monotonic() - ts
         if len(out) == 1:
             return out[0]
@@ -159,7 +160,7 @@ class _Search:
             return
         ts = time.monotonic()
         diff = res["lower"] - self.P.b[None]
-        live = np.isfinite(res["lower"]).all(axis=1)
+        live = ~res["empty"]
         cand = (diff < 0) & live[:, None] & (open_[:, self.P.owner])
         bb, kk = np.nonzero(cand)
         if len(bb):

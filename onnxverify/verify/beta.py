@@ -188,18 +188,27 @@ def _lagrangian(bk, P, splits, beta, B, K, dtype):
 
 
 def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int = 10, lr_alpha: float = 0.1,
-                  lr_beta: float = 0.05, scores: bool = False, deadline=None):
+                  lr_beta: float = 0.05, scores: bool = False, deadline=None, rows=None):
     """Optimise and bound ``doms``. Returns a dict: ``lower (B, K)`` (``+inf`` rows for empty
     subdomains), ``alpha (B, K, A)`` and ``beta (B, D, K)`` (float32 warm starts),
     ``bounds`` (the clamped intermediate bounds, NumPy), ``empty (B,)``, ``x`` (the input
     minimising each row's last linear bound, ``(B, K, n_in)``), and with ``scores`` the
     gradients ``{node name: (gL, gU)}`` of the objective with respect to each optimisable
-    node's lower/upper intercepts ``(B, K, *shape)`` (for branching)."""
+    node's lower/upper intercepts ``(B, K', *shape)`` (for branching).
+
+    Only the rows of disjuncts open in some subdomain are bounded (``rows``: their indices,
+    default from ``doms.open``; ``K'`` of them); the others belong to disjuncts already
+    proved in every subdomain of the batch and get ``lower = +inf`` (proved) and their old
+    parameters."""
     import time
 
     torch = bk.xp
     g, dtype = P.graph, P.dtype
-    B, K = len(doms), len(P.b)
+    B, K_all = len(doms), len(P.b)
+    if rows is None:
+        rows = np.flatnonzero((doms.open[:, :, None] & P.disj_mask[None]).any(axis=(0, 1)))
+    rows = np.asarray(rows, dtype=np.int64)
+    K = len(rows)
     bounds, empty = P.clamped_bounds(doms.splits)
     box = _RecordingBox(np.repeat(P.lo.reshape((1,) + g.input_shape), B, axis=0),
                         np.repeat(P.hi.reshape((1,) + g.input_shape), B, axis=0))
@@ -211,13 +220,13 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     eng = LinearEngine(g, box, bk, dtype, P.strategy, env)
     eng.bounds.update(env)
     out = g[g.output]
-    lam = bk.asarray(np.repeat(P.R.reshape((1, K) + tuple(out.shape)), B, axis=0), dtype=dtype)
+    lam = bk.asarray(np.repeat(P.R[rows].reshape((1, K) + tuple(out.shape)), B, axis=0), dtype=dtype)
     a0 = doms.alpha if doms.alpha is not None else np.repeat(root_alpha, B, axis=0)
-    alpha = bk.asarray(np.asarray(a0, dtype=np.float64), dtype=dtype).requires_grad_(True)
-    beta = bk.asarray(np.asarray(doms.beta, dtype=np.float64), dtype=dtype).requires_grad_(True)
+    alpha = bk.asarray(np.asarray(a0[:, rows], dtype=np.float64), dtype=dtype).requires_grad_(True)
+    beta = bk.asarray(np.asarray(doms.beta[:, :, rows], dtype=np.float64), dtype=dtype).requires_grad_(True)
     open_t = bk.asarray(doms.open.astype(np.float64), dtype=dtype)  # (B, J)
-    mask_t = bk.asarray(P.disj_mask.astype(np.float64), dtype=dtype)  # (J, K)
-    b_t = bk.asarray(P.b, dtype=dtype)
+    mask_t = bk.asarray(P.disj_mask[:, rows].astype(np.float64), dtype=dtype)  # (J, K)
+    b_t = bk.asarray(P.b[rows], dtype=dtype)
     opt = Adam([([alpha], lr_alpha)] + ([([beta], lr_beta)] if beta.shape[1] else []), decay=0.98)
     keep = bk.asarray((~empty).astype(np.float64), dtype=dtype)[:, None]
     best = None
@@ -237,7 +246,8 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
         low = low + const
         diff = low - b_t  # (B, K)
         margin = torch.where(mask_t[None] > 0, diff[:, None, :], torch.full_like(diff[:, None, :], -np.inf)).amax(2)
-        obj = (torch.clamp(margin, max=0.0) * open_t * keep).sum()
+        # disjuncts closed everywhere may have no bounded row (margin -inf): where, not a product
+        obj = torch.where((open_t * keep) > 0, torch.clamp(margin, max=0.0), torch.zeros_like(margin)).sum()
         with torch.no_grad():
             cur = low.detach()
             if best is None:
@@ -257,15 +267,20 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
         with torch.no_grad():
             alpha.clamp_(0.0, 1.0)
             beta.clamp_(min=0.0)
-    lower = np.asarray(bk.to_numpy(best), dtype=np.float64)
+    lower = np.full((B, K_all), np.inf)
+    lower[:, rows] = np.asarray(bk.to_numpy(best), dtype=np.float64)
     lower[empty] = np.inf
     A = box.last  # (B, K, n_in): the last pass's input coefficients
     x = None
     if A is not None:
         lo_f, hi_f = P.lo.reshape(1, 1, -1), P.hi.reshape(1, 1, -1)
-        x = np.where(np.asarray(bk.to_numpy(A)) > 0, lo_f, hi_f)
-    res = {"lower": lower, "alpha": np.asarray(bk.to_numpy(best_alpha), dtype=np.float32),
-           "beta": np.asarray(bk.to_numpy(best_beta), dtype=np.float32), "bounds": bounds, "empty": empty, "x": x}
+        x = np.repeat(np.repeat(lo_f, B, axis=0), K_all, axis=1)
+        x[:, rows] = np.where(np.asarray(bk.to_numpy(A)) > 0, lo_f, hi_f)
+    alpha_out = np.array(a0, dtype=np.float32)
+    alpha_out[:, rows] = np.asarray(bk.to_numpy(best_alpha))
+    beta_out = np.array(doms.beta, dtype=np.float32)
+    beta_out[:, :, rows] = np.asarray(bk.to_numpy(best_beta))
+    res = {"lower": lower, "alpha": alpha_out, "beta": beta_out, "bounds": bounds, "empty": empty, "x": x}
     if scores:
         res["scores"] = {n: tuple(None if z.grad is None else np.asarray(bk.to_numpy(z.grad)) for z in zz)
                          for n, zz in zs.items()}
