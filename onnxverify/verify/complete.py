@@ -75,6 +75,37 @@ def root_bounds(s, cs, R, b, owner, J, dtype, tol, iters=30):
     return full
 
 
+#: below this many seconds left, a process that has not imported torch yet skips the steps that need it
+TORCH_IMPORT_S = 20.0
+
+
+def _torch_ready(s) -> bool:
+    """Whether torch is usable for the rest of the budget: already imported, or imported now
+    with SIGALRM held back (an import cut off half way would leave a broken torch in this
+    worker for its next instances); False when too little time is left to try. Raises
+    :class:`~onnxverify.errors.BackendError` when torch is missing."""
+    import signal
+    import sys
+    import threading
+
+    from ..bounds.optimized import torch_backend
+
+    if "torch" in sys.modules:
+        torch_backend()
+        return True
+    if s.remaining() < TORCH_IMPORT_S:
+        return False
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    if main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        torch_backend()
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    return True
+
+
 def complete_steps(s):
     """Run alpha-CROWN, MILP and neuron branch and bound on every open case of solver ``s``;
     raises ``Decided("unsat")`` when every case is proved."""
@@ -83,6 +114,13 @@ def complete_steps(s):
     from .milp import decide_case
 
     dtype, tol = _dtype(s)
+    t = time.monotonic()
+    try:
+        if not _torch_ready(s):
+            s.note("alpha-crown", t, result="skipped", note="too little time left to import torch")
+            return
+    except BackendError:
+        pass  # no torch: each case says so below and gets the MILP alone
     for cs in s.open_cases():
         if cs.trivial:
             return
