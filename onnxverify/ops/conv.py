@@ -88,23 +88,46 @@ class Conv(AffineRule):
         Example(((2, 3, 7, 7), _W), {"strides": [2, 1], "auto_pad": "SAME_UPPER"}),
         Example(((1, 3, 7, 8), _W), {"dilations": [1, 2], "pads": [2, 1, 0, 1]}),
         Example(((1, 4, 5, 5), _WG), {"group": 4, "auto_pad": "VALID"}),
+        Example(((2, 3, 9), _W[:, :, 0], _B), {"strides": [2], "pads": [1, 2], "dilations": [2]}),
+        Example(((1, 4, 7), _WG[:, :, 0]), {"group": 4, "auto_pad": "SAME_LOWER"}),
+        Example(((1, 3, 4, 5, 4), np.stack([_W, -_W], axis=2)[:, :, :, :2], _B),
+                {"strides": [2, 1, 1], "pads": [1, 0, 1, 0, 1, 1], "dilations": [1, 1, 2]}),
+        Example(((2, 4, 3, 4, 4), np.stack([_WG, _WG * 0.5, -_WG], axis=2)), {"group": 4, "auto_pad": "SAME_UPPER"}),
     ))
     def convert(self, ctx, node, attrs, label):
+        """2-D Conv; 1-D as 2-D with a unit row axis; 3-D with depth folded into channels
+        (:mod:`onnxverify.ops.lift`)."""
+        from .lift import conv3d_as_2d, reshape, window_attrs
+
         x, w = node.input[0], node.input[1]
         if ctx.is_const(x) or not ctx.is_const(w):
             fail(label, "Conv", "only Conv(computed X, constant W) is supported")
         W = ctx.const(w).astype(np.float32)
         shape = ctx.shape_of(x)
-        if W.ndim != 4 or len(shape) != 3:
-            fail(label, "Conv", f"only 2-D convolution is supported (X sample shape {shape}, W {W.shape})")
-        kernel = tuple(W.shape[2:])
-        stride = tuple(attrs.get("strides", [1, 1]))
-        dilation = tuple(attrs.get("dilations", [1, 1]))
+        nd = len(shape) - 1
+        if nd not in (1, 2, 3) or W.ndim != nd + 2:
+            fail(label, "Conv", f"only 1-D, 2-D and 3-D convolution is supported (X sample shape {shape}, W {W.shape})")
         groups = int(attrs.get("group", 1))
         if shape[0] != W.shape[1] * groups:
             fail(label, "Conv", f"input has {shape[0]} channels, weight expects {W.shape[1] * groups}")
-        pads = window_pads(attrs, shape[1:], kernel, stride, dilation)
+        kernel, stride, dilation, b, e = window_attrs(attrs, shape[1:], W.shape[2:])
         bias = (ctx.const(node.input[2]).astype(np.float32) if len(node.input) > 2 and node.input[2]
                 else np.zeros(W.shape[0], np.float32))
-        ctx.add(node.output[0], "Conv", [ctx.computed(x)], {"weight": W, "bias": bias},
-                {"stride": stride, "pads": pads, "dilation": dilation, "groups": groups}, source=label)
+        out = node.output[0]
+        if nd == 2:
+            ctx.add(out, "Conv", [ctx.computed(x)], {"weight": W, "bias": bias},
+                    {"stride": tuple(stride), "pads": (b[0], b[1], e[0], e[1]), "dilation": tuple(dilation),
+                     "groups": groups}, source=label)
+        elif nd == 1:
+            mid = reshape(ctx, out + "/2d", ctx.computed(x), (shape[0], 1, shape[1]), label)
+            y = ctx.add(out + "/conv", "Conv", [mid], {"weight": np.ascontiguousarray(W[:, :, None, :]), "bias": bias},
+                        {"stride": (1, stride[0]), "pads": (0, b[0], 0, e[0]), "dilation": (1, dilation[0]),
+                         "groups": groups}, source=label)
+            reshape(ctx, out, y, (W.shape[0], ctx.probes[y].shape[-1]), label)
+        else:
+            W2, b2, Do = conv3d_as_2d(W, bias, shape[1:], stride, dilation, b, e, groups, label)
+            mid = reshape(ctx, out + "/slices", ctx.computed(x), (shape[0] * shape[1],) + tuple(shape[2:]), label)
+            y = ctx.add(out + "/conv", "Conv", [mid], {"weight": W2, "bias": b2},
+                        {"stride": tuple(stride[1:]), "pads": (b[1], b[2], e[1], e[2]), "dilation": tuple(dilation[1:]),
+                         "groups": groups}, source=label)
+            reshape(ctx, out, y, (W.shape[0], Do) + tuple(ctx.probes[y].shape[2:]), label)

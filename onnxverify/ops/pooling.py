@@ -182,14 +182,41 @@ class MaxPool(OpRule):
         Example(((2, 1, 7, 7),), {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "ceil_mode": 1},
                 opsets=(10, 21)),
         Example(((1, 2, 6, 6),), {"kernel_shape": [2, 2], "dilations": [2, 1]}, opsets=(10, 21)),
+        Example(((2, 3, 9),), {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
+        Example(((1, 2, 5, 4, 5),), {"kernel_shape": [2, 3, 2], "strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 0],
+                                     "ceil_mode": 1}, opsets=(10, 21)),
     ))
     def convert(self, ctx, node, attrs, label):
+        """2-D MaxPool; 1-D and 3-D through 2-D pools (:func:`onnxverify.ops.lift.pool_nd`)."""
         if len(node.output) > 1 and node.output[1]:
             fail(label, "MaxPool", "the Indices output is not supported")
+        ceil = bool(attrs.get("ceil_mode", 0))
+
+        def add_pool(out, ir_in, kernel, stride, dilation, pads):
+            return ctx.add(out, "MaxPool", [ir_in], attrs={"kernel": tuple(kernel), "stride": tuple(stride),
+                                                           "pads": tuple(pads), "dilation": tuple(dilation),
+                                                           "ceil_mode": ceil}, source=label)
+
+        if len(ctx.shape_of(node.input[0])) != 3:
+            from .lift import pool_nd
+
+            pool_nd(ctx, node, attrs, label, add_pool)
+            return
         kernel, stride, dilation, pads = _pool_attrs(ctx, node, attrs, label)
-        ctx.add(node.output[0], "MaxPool", [ctx.computed(node.input[0])],
-                attrs={"kernel": kernel, "stride": stride, "pads": pads, "dilation": dilation,
-                       "ceil_mode": bool(attrs.get("ceil_mode", 0))}, source=label)
+        add_pool(node.output[0], ctx.computed(node.input[0]), kernel, stride, dilation, pads)
+
+    @onnx_op("GlobalMaxPool", since=1, examples=(Example(((2, 3, 4, 5),)), Example(((1, 2, 6),)),
+                                                 Example(((1, 2, 3, 2, 2),))))
+    def convert_global(self, ctx, node, attrs, label):
+        """The maximum over all spatial positions of each channel (any rank)."""
+        from .lift import global_pool
+
+        def add_pool(out, ir_in, kernel, stride, dilation, pads):
+            return ctx.add(out, "MaxPool", [ir_in], attrs={"kernel": tuple(kernel), "stride": tuple(stride),
+                                                           "pads": tuple(pads), "dilation": tuple(dilation),
+                                                           "ceil_mode": False}, source=label)
+
+        global_pool(ctx, node, label, add_pool)
 
 
 @register
@@ -226,23 +253,42 @@ class AvgPool(AffineRule):
         Example(((2, 1, 7, 6),), {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1],
                                   "count_include_pad": 1}),
         Example(((1, 2, 7, 7),), {"kernel_shape": [2, 3], "strides": [2, 2], "ceil_mode": 1}, opsets=(10, 21)),
+        Example(((2, 3, 8),), {"kernel_shape": [3], "strides": [2], "pads": [2, 1]}),
+        Example(((1, 2, 5, 4, 5),), {"kernel_shape": [2, 2, 3], "strides": [2, 1, 2], "pads": [1, 1, 0, 0, 1, 1],
+                                     "count_include_pad": 1}),
+        Example(((1, 1, 5, 5, 4),), {"kernel_shape": [3, 2, 2], "strides": [2, 2, 1], "pads": [1, 0, 1, 1, 1, 0],
+                                     "ceil_mode": 1}, opsets=(10, 21)),
     ))
     def convert(self, ctx, node, attrs, label):
-        kernel, stride, dilation, pads = _pool_attrs(ctx, node, attrs, label)
-        if dilation != (1, 1):
+        """2-D AveragePool; 1-D and 3-D through 2-D pools (:func:`onnxverify.ops.lift.pool_nd`)."""
+        if any(int(d) != 1 for d in attrs.get("dilations", [])):
             fail(label, "AveragePool", "dilations are not supported")
-        ctx.add(node.output[0], "AvgPool", [ctx.computed(node.input[0])],
-                attrs={"kernel": kernel, "stride": stride, "pads": pads, "ceil_mode": bool(attrs.get("ceil_mode", 0)),
-                       "count_include_pad": bool(attrs.get("count_include_pad", 0))}, source=label)
+        extra = {"ceil_mode": bool(attrs.get("ceil_mode", 0)), "count_include_pad": bool(attrs.get("count_include_pad", 0))}
 
-    @onnx_op("GlobalAveragePool", since=1, examples=(Example(((2, 3, 4, 5),)),))
+        def add_pool(out, ir_in, kernel, stride, dilation, pads):
+            return ctx.add(out, "AvgPool", [ir_in], attrs={"kernel": tuple(kernel), "stride": tuple(stride),
+                                                           "pads": tuple(pads), **extra}, source=label)
+
+        if len(ctx.shape_of(node.input[0])) != 3:
+            from .lift import pool_nd
+
+            pool_nd(ctx, node, attrs, label, add_pool)
+            return
+        kernel, stride, dilation, pads = _pool_attrs(ctx, node, attrs, label)
+        add_pool(node.output[0], ctx.computed(node.input[0]), kernel, stride, dilation, pads)
+
+    @onnx_op("GlobalAveragePool", since=1, examples=(Example(((2, 3, 4, 5),)), Example(((1, 2, 6),)),
+                                                     Example(((2, 2, 3, 2, 2),))))
     def convert_global(self, ctx, node, attrs, label):
-        shape = ctx.shape_of(node.input[0])
-        if len(shape) != 3:
-            fail(label, "GlobalAveragePool", f"only 2-D inputs are supported (sample shape {shape})")
-        ctx.add(node.output[0], "AvgPool", [ctx.computed(node.input[0])],
-                attrs={"kernel": tuple(shape[1:]), "stride": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False,
-                       "count_include_pad": False}, source=label)
+        """The mean over all spatial positions of each channel (any rank)."""
+        from .lift import global_pool
+
+        def add_pool(out, ir_in, kernel, stride, dilation, pads):
+            return ctx.add(out, "AvgPool", [ir_in], attrs={"kernel": tuple(kernel), "stride": (1, 1),
+                                                           "pads": (0, 0, 0, 0), "ceil_mode": False,
+                                                           "count_include_pad": False}, source=label)
+
+        global_pool(ctx, node, label, add_pool)
 
 
 @functools.lru_cache(maxsize=64)
