@@ -147,6 +147,18 @@ class Network:
             ok = bool(np.all(same | (err <= atol + rtol * np.abs(ref))))
         return CheckReport(float(err.max()), float(rel.max()), n_samples, ok, int((~np.isfinite(ref)).sum()))
 
+    def without_index_output(self):
+        """``(network, node)``: when the output is an index (a rule with ``index_output``, e.g.
+        ArgMax after the logits), the network up to that node's input and the node; else
+        ``(self, None)``. The CLI bounds the logits, not the index."""
+        from .ops import rule_of
+
+        out = self.graph[self.graph.output]
+        if not getattr(rule_of(out), "index_output", False):
+            return self, None
+        keep = self.graph.ancestors(out.inputs[0])
+        return Network(Graph([n for n in self.graph.nodes if n.name in keep], out.inputs[0]), self.path), out
+
     def __repr__(self):
         name = os.path.basename(self.path) if self.path else "<model>"
         return f"Network({name}, input {self.input_shape}, output {self.output_shape}, {len(self.graph)} nodes)"

@@ -224,3 +224,102 @@ def sample_lp_ball(rng, x0, eps, p, n):
         rest /= np.abs(rest).sum(1, keepdims=True)
         v[k:] = rest * rng.uniform(size=(n - k, 1))
     return x0[None] + eps * v.reshape((n,) + x0.shape)
+
+
+# ---- structure ops and model shapes (tests/test_ops_structure.py) ---------------------------------------
+def _graph_model(b, inputs, outputs, opset=None):
+    """A model with several inputs/outputs: ``inputs``/``outputs`` are ``(name, dims)``."""
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(d)) for n, d in inputs]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(d) if d is not None else None) for n, d in outputs]
+    g = helper.make_graph(b.nodes, "net", ins, outs, b.inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset or b.opset)], ir_version=8)
+    onnx.checker.check_model(m)
+    return m
+
+
+def structure_net(seed=0):
+    """Conv + Relu, then Slice (steps, negative indices), Split, Gather, GatherElements, Tile,
+    Expand, Where (constant condition), ReduceMean / ReduceMax / ReduceSum, Concat, Gemm.
+    Batch fixed at 1: GatherElements' constant indices have one sample (onnxruntime would
+    gather from the first sample only on a larger batch)."""
+    b = Builder(seed, (2, 6, 6), opset=13, batch=1)
+    r = b.rng
+    x = b.conv("input", 2, 3, k=3, stride=1, pads=(1, 1, 1, 1))
+    x = b.node("Relu", [x])  # (3, 6, 6)
+    i64 = lambda v: b.const(np.array(v, np.int64))  # noqa: E731
+    s = b.node("Slice", [x, i64([0, -1]), i64([6, -7]), i64([2, 3]), i64([2, -2])])  # (3, 3, 3)
+    b.node("Split", [s, i64([1, 2])], n_out=2, axis=1)
+    s1, s2 = b.nodes[-1].output  # (1, 3, 3), (2, 3, 3)
+    g = b.node("Gather", [s2, i64([2, 0, 2])], axis=3)  # (2, 3, 3)
+    ge = b.node("GatherElements", [s1, b.const(r.integers(0, 3, (1, 1, 1, 3)).astype(np.int64))], axis=2)  # (1, 1, 3)
+    t = b.node("Tile", [ge, i64([1, 2, 3, 1])])  # (2, 3, 3)
+    e = b.node("Expand", [b.node("ReduceMax", [g], axes=[2], keepdims=1), i64([1, 2, 3, 3])])  # (2, 3, 3)
+    w = b.node("Where", [b.const(r.integers(0, 2, (1, 1, 3, 3)).astype(bool)), t, e])
+    m = b.node("ReduceMean", [w], axes=[3], keepdims=0)  # (2, 3)
+    mn = b.node("ReduceMin", [g], axes=[3], keepdims=0)  # (2, 3)
+    sm = b.node("ReduceSum", [s, i64([1, 2])], keepdims=0)  # (3,)
+    cat = b.node("Concat", [b.flatten(m), b.flatten(mn), sm], axis=1)  # (15,)
+    y = b.gemm(cat, 15, 4)
+    return b.model(y, [4]), (0.0, 1.0)
+
+
+def convtranspose_net(seed=0):
+    """A small generator: Gemm -> Reshape -> ConvTranspose (stride 2, output_padding, pads)
+    -> Relu -> Resize (nearest) -> ConvTranspose (group 2, dilation) -> Tanh."""
+    b = Builder(seed, (4,), opset=13)
+    x = b.gemm("input", 4, 2 * 2 * 2)
+    x = b.node("Relu", [x])
+    x = b.node("Reshape", [x, b.const(np.array([-1, 2, 2, 2], np.int64))])
+    w1 = b.weight(2, 2, 3, 3, fan_in=18)
+    x = b.node("ConvTranspose", [x, b.const(w1), b.const(b.weight(2, fan_in=4) * 0.3)], strides=[2, 2],
+               pads=[1, 0, 1, 1], output_padding=[1, 0])  # (2, 4, 4)
+    x = b.node("Relu", [x])
+    x = b.node("Resize", [x, "", b.const(np.array([1, 1, 1.5, 1.0], np.float32))], mode="nearest")  # (2, 6, 4)
+    w2 = b.weight(2, 1, 2, 2, fan_in=8)
+    x = b.node("ConvTranspose", [x, b.const(w2)], group=2, dilations=[2, 1])  # (2, 8, 5)
+    x = b.node("Tanh", [x])
+    return b.model(x, ["?", "?", "?"]), (-1.0, 1.0)
+
+
+def nobatch_mlp(seed=0):
+    """Input ``[6]`` with no batch axis: MatMul (vector x matrix), Add, Relu, Sub; output ``[3]``."""
+    b = Builder(seed, (6,))
+    h = b.matmul_add("x", 6, 8)
+    h = b.node("Relu", [h])
+    h = b.matmul_add(h, 8, 3)
+    y = b.node("Sub", [h, b.const(np.float32(0.1))])
+    return _graph_model(b, [("x", (6,))], [(y, (3,))]), (-1.0, 1.0)
+
+
+def two_input_net(seed=0, two_outputs=False):
+    """Inputs ``a [N, 3]`` and ``b [N, 2, 2]`` (X_0..2 are a, X_3..6 are b): two Gemm branches
+    added, Relu, then one output ``[N, 3]`` (or two: ``[N, 2]`` and ``[N, 1]``)."""
+    bl = Builder(seed, (3,))
+    ha = bl.gemm("a", 3, 6)
+    hb = bl.gemm(bl.node("Flatten", ["b"], axis=1), 4, 6)
+    h = bl.node("Relu", [bl.node("Add", [ha, hb])])
+    if two_outputs:
+        y1, y2 = bl.gemm(h, 6, 2), bl.gemm(h, 6, 1)
+        return _graph_model(bl, [("a", ("N", 3)), ("b", ("N", 2, 2))], [(y1, ("N", 2)), (y2, ("N", 1))]), (-1.0, 1.0)
+    y = bl.gemm(h, 6, 3)
+    return _graph_model(bl, [("a", ("N", 3)), ("b", ("N", 2, 2))], [(y, ("N", 3))]), (-1.0, 1.0)
+
+
+def argmax_head(seed=0):
+    """``mlp`` followed by ArgMax over the logits (an int64 index output ``[N]``)."""
+    model, rng = mlp(seed)
+    out = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("ArgMax", [out], ["label"], name="argmax", axis=1, keepdims=0))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]))
+    onnx.checker.check_model(model)
+    return model, rng
+
+
+STRUCT_BUILDERS = {
+    "structure": structure_net,
+    "convtranspose": convtranspose_net,
+    "nobatch": nobatch_mlp,
+    "two_inputs": two_input_net,
+    "two_outputs": lambda seed=0: two_input_net(seed, True),
+}

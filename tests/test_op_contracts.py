@@ -92,6 +92,13 @@ def build_model(conv, ex: Example, opset: int):
     imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(conv.domain, conv.since)] if conv.domain else [])
     model = helper.make_model(graph, opset_imports=imports)
     model.ir_version = 8
+    if not conv.domain:  # an index output (ArgMax) is int64: the declared type follows shape inference
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+        inferred = onnx.shape_inference.infer_shapes(probe).graph.output[0].type.tensor_type.elem_type
+        if inferred not in (TensorProto.UNDEFINED, TensorProto.FLOAT):
+            model.graph.output[0].type.tensor_type.elem_type = inferred
     return model, in_range
 
 

@@ -80,7 +80,11 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
     if input_path is None or eps is None:
         raise InputError("--input and --eps are required (or give no MODEL for the bundled example)")
     check_eps(eps)
-    net = load_network(model)
+    net, index_node = load_network(model).without_index_output()
+    if index_node is not None:
+        click.echo(f"note: the output is an index (node {index_node.source or index_node.name}, {index_node.op}); "
+                   f"bounds are computed for its input {index_node.inputs[0]}, sample shape {net.output_shape}",
+                   err=True)
     x = load_input(input_path, net)
     spec = margin_spec([label] * x.shape[0], net.n_outputs) if label is not None else None
     iset = make_input_set(x, eps, norm, tuple(clip) if clip else None)

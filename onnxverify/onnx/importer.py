@@ -120,26 +120,46 @@ def _fold(node: onnx.NodeProto, inputs: list, opset: int) -> list:
     return ReferenceEvaluator(m).run(None, feeds)
 
 
-def _graph_input(model: onnx.ModelProto):
+@dataclass
+class GraphInput:
+    """One ONNX graph input: ``sample`` its per-sample shape; ``batched`` whether its first
+    axis is a batch axis (symbolic, or 1 with rank >= 2); without one the whole tensor is
+    one sample."""
+
+    name: str
+    dims: tuple
+    batched: bool
+    dtype: int
+
+    @property
+    def sample(self) -> tuple:
+        return tuple(self.dims[1:]) if self.batched else tuple(self.dims)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.sample, dtype=np.int64))
+
+
+def graph_inputs(model: onnx.ModelProto) -> list:
+    """The model's inputs (initializers excluded) as :class:`GraphInput`, in declaration
+    order. Raises :class:`ModelError` for non-float or non-static inputs."""
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelError(f"onnxverify supports models with exactly one input; this one has {len(inputs)}: "
-                         f"{[i.name for i in inputs]}")
-    vi = inputs[0]
-    tt = vi.type.tensor_type
-    if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-        raise ModelError(f"input {vi.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}; "
-                         "only floating-point inputs are supported")
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
-    if len(dims) < 2:
-        raise ModelError(f"input {vi.name} has shape {dims}; a leading batch axis is required")
-    if not (isinstance(dims[0], str) or dims[0] == 1):
-        raise ModelError(f"input {vi.name} has batch dimension {dims[0]}; expected 1 or a symbolic name")
-    sample = dims[1:]
-    if any(not isinstance(d, int) or d <= 0 for d in sample):
-        raise ModelError(f"input {vi.name} has non-static sample dimensions {sample}")
-    return vi.name, tuple(sample)
+    out = []
+    for vi in (i for i in model.graph.input if i.name not in inits):
+        tt = vi.type.tensor_type
+        if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            raise ModelError(f"input {vi.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}; "
+                             "only floating-point inputs are supported")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
+        batched = len(dims) >= 2 and (isinstance(dims[0], str) or dims[0] == 1)
+        gi = GraphInput(vi.name, dims, batched, tt.elem_type)
+        if not gi.sample or any(not isinstance(d, int) or d <= 0 for d in gi.sample):
+            raise ModelError(f"input {vi.name} has shape {list(dims)}; its sample dimensions must be static "
+                             "(a leading symbolic or unit batch axis is optional)")
+        out.append(gi)
+    if not out:
+        raise ModelError("the model has no graph input (every input is an initializer)")
+    return out
 
 
 def _initializer(init) -> np.ndarray:
@@ -234,12 +254,8 @@ def import_model(model_or_path, fuse: bool = True) -> Graph:
     ctx = ImportContext(opset=opsets[""])
     for init in model.graph.initializer:
         ctx.consts[init.name] = _initializer(init)
-    in_name, in_shape = _graph_input(model)
-    ctx.used_names.add(in_name)
-    ctx.nodes.append(Node(in_name, INPUT, (), {}, {}, in_shape, "graph input"))
-    ctx.alias[in_name] = in_name
-    ctx.probes[in_name] = np.zeros((1,) + in_shape, dtype=np.float32)
-
+    inputs = graph_inputs(model)
+    _add_inputs(ctx, inputs)
     for node in _toposort(model.graph):
         label = node.name or node.output[0]
         if node.op_type == "Constant" and node.domain in _DEFAULT:
@@ -260,22 +276,73 @@ def import_model(model_or_path, fuse: bool = True) -> Graph:
             conv.fn(ctx, node, _attrs(node), label)
         except (ValueError, IndexError, KeyError, TypeError) as e:  # a malformed node (arity, shapes, attributes)
             msg = str(e).splitlines()[0][:200] if str(e) else ""
-            raise ModelError(f"node {label} ({node.op_type}): cannot import this node ({type(e).__name__}: {msg})") \
-                from None
+            raise ModelError(f"node {label} ({node.op_type}): cannot import this node ({type(e).__name__}: {msg})"
+                             + _unbatched_hint(inputs)) from None
+        except ModelError as e:
+            if all(i.batched for i in inputs):
+                raise
+            raise ModelError(str(e) + _unbatched_hint(inputs)) from None
 
-    outs = [o.name for o in model.graph.output]
-    if len(outs) != 1:
-        raise ModelError(f"onnxverify supports models with exactly one output; this one has {len(outs)}: {outs}")
-    if outs[0] not in ctx.alias:
-        raise ModelError(f"output {outs[0]} does not depend on the input (constant network)")
-    out_ir = ctx.alias[outs[0]]
+    out_ir = _output(ctx, [o.name for o in model.graph.output])
     used = _reachable(ctx.nodes, out_ir)
     graph = Graph([n for n in ctx.nodes if n.name in used], out_ir)
+    if not all(i.batched for i in inputs):
+        from .unbatched import check_unbatched
+
+        check_unbatched(model, graph, ctx, inputs)
     if fuse:
         from .passes import fuse_affine
 
         graph = fuse_affine(graph)
     return graph
+
+
+def _add_inputs(ctx: ImportContext, inputs: list) -> None:
+    """The IR input node: the one ONNX input's sample shape, or the flattened inputs
+    concatenated in declaration order (:func:`onnxverify.ops.modelio.split_flat_input`)."""
+    for gi in inputs:
+        ctx.used_names.add(gi.name)
+    if len(inputs) == 1:
+        name, shape = inputs[0].name, inputs[0].sample
+    else:
+        name, shape = "inputs", (sum(gi.size for gi in inputs),)
+        while name in ctx.used_names:
+            name += "'"
+        ctx.used_names.add(name)
+    source = "graph input" if len(inputs) == 1 else "graph inputs " + ", ".join(gi.name for gi in inputs)
+    ctx.nodes.append(Node(name, INPUT, (), {}, {}, shape, source))
+    ctx.alias[name] = name
+    ctx.probes[name] = np.zeros((1,) + shape, dtype=np.float32)
+    if len(inputs) > 1:
+        from ..ops.modelio import split_flat_input
+
+        split_flat_input(ctx, name, [(gi.name, gi.sample) for gi in inputs])
+
+
+def _output(ctx: ImportContext, outs: list) -> str:
+    """IR name of the graph output: the one ONNX output, or the flattened outputs
+    concatenated in declaration order (:func:`onnxverify.ops.modelio.concat_flat_outputs`)."""
+    if not outs:
+        raise ModelError("the model has no graph output")
+    for o in outs:
+        if o not in ctx.alias:
+            raise ModelError(f"output {o} does not depend on the input (constant network)")
+    if len(outs) == 1:
+        return ctx.alias[outs[0]]
+    from ..ops.modelio import concat_flat_outputs
+
+    name = "outputs"
+    while name in ctx.used_names or name in ctx.alias:
+        name += "'"
+    return concat_flat_outputs(ctx, outs, name)
+
+
+def _unbatched_hint(inputs: list) -> str:
+    if all(i.batched for i in inputs):
+        return ""
+    names = ", ".join(f"{i.name} {list(i.dims)}" for i in inputs if not i.batched)
+    return (f" [input {names} has no batch axis: it is imported as one sample, and ops whose axes or shapes "
+            "count from the tensor's first axis are not supported on it]")
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:

@@ -12,8 +12,8 @@ __all__ = ["load_problem", "prop_input_shape"]
 
 
 def prop_input_shape(ort, prop):
-    shape = ort.session.get_inputs()[0].shape[1:]
-    if all(isinstance(s, int) for s in shape) and int(np.prod(shape)) == prop.n_inputs:
+    shape = ort.sample_shape  # the IR's reading: no batch axis, several inputs concatenated
+    if shape is not None and int(np.prod(shape)) == prop.n_inputs:
         return tuple(shape)
     return (prop.n_inputs,)
 
@@ -51,7 +51,6 @@ def load_problem(model, prop):
     if net is not None:
         p.check_sizes(net.n_inputs, net.n_outputs)
     else:
-        inp = ort.session.get_inputs()[0].shape[1:]
-        if all(isinstance(s, int) for s in inp):
-            p.check_sizes(int(np.prod(inp)), None)
+        if ort.sample_shape is not None:
+            p.check_sizes(int(np.prod(ort.sample_shape)), None)
     return net, ort, p, note

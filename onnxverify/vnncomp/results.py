@@ -85,8 +85,7 @@ def replay_counterexample(onnx_path, vnnlib_path_or_prop, x_flat, ort=None):
 
     ort = ort or OrtModel(onnx_path)
     prop = vnnlib_path_or_prop if isinstance(vnnlib_path_or_prop, Property) else parse_vnnlib(vnnlib_path_or_prop)
-    shape = ort.session.get_inputs()[0].shape[1:]
-    shape = tuple(shape) if all(isinstance(s, int) for s in shape) else (len(x_flat),)
+    shape = ort.sample_shape if ort.sample_shape is not None else (len(x_flat),)
     y = np.asarray(ort(np.asarray(x_flat, dtype=np.float32).reshape((1,) + shape))).reshape(-1).astype(np.float64)
     return confirms(prop, np.asarray(x_flat, dtype=np.float64), y), y
 
