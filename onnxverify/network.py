@@ -23,6 +23,10 @@ class CheckReport:
     n_samples: int
     ok: bool
     n_nonfinite: int = 0  # output values that are Inf/NaN in onnxruntime (and the same in the IR when ok)
+    #: the test: ok iff every |err| <= atol + rtol * |ref|; ``worst`` is max |err| / (atol + rtol * |ref|)
+    rtol: float = 0.0
+    atol: float = 0.0
+    worst: float = 0.0
 
 
 class Network:
@@ -144,8 +148,11 @@ class Network:
             err = np.where(same, 0.0, np.abs(ours - ref))
             err = np.where(np.isnan(err), np.inf, err)
             rel = err / (np.abs(np.where(np.isfinite(ref), ref, 0.0)) + 1e-12)
-            ok = bool(np.all(same | (err <= atol + rtol * np.abs(ref))))
-        return CheckReport(float(err.max()), float(rel.max()), n_samples, ok, int((~np.isfinite(ref)).sum()))
+            allowed = atol + rtol * np.abs(np.where(np.isfinite(ref), ref, 0.0))
+            ok = bool(np.all(same | (err <= allowed)))
+            worst = float(np.max(np.where(same, 0.0, err / np.maximum(allowed, 1e-300))))
+        return CheckReport(float(err.max()), float(rel.max()), n_samples, ok, int((~np.isfinite(ref)).sum()),
+                           rtol, atol, worst)
 
     def without_index_output(self):
         """``(network, node)``: when the output is an index (a rule with ``index_output``, e.g.

@@ -26,8 +26,11 @@ def check(model, samples, rtol, atol, show_graph):
     t0 = time.perf_counter()
     net = load_network(model)
     click.echo(f"model   {model}")
-    click.echo(f"input   {net.graph.input.name}  sample shape {net.input_shape}")
-    click.echo(f"output  {net.graph.output}  sample shape {net.output_shape}")
+    click.echo(f"input   {net.graph.input.name}  sample shape {net.input_shape}"
+               + (f"  ({net.graph.input.source})" if net.graph.input.source.startswith("graph inputs") else ""))
+    out = net.graph[net.graph.output]
+    click.echo(f"output  {net.graph.output}  sample shape {net.output_shape}"
+               + (f"  ({out.source})" if out.source.startswith("graph outputs") else ""))
     counts = net.graph.op_counts()
     click.echo(format_table(["IR op", "count"], sorted(counts.items())))
     if show_graph:
@@ -37,8 +40,9 @@ def check(model, samples, rtol, atol, show_graph):
     if rep.n_nonfinite:
         click.echo(f"note: {rep.n_nonfinite} output value(s) are Inf/NaN in onnxruntime "
                    "(huge or non-finite weights?); bounds on this model are not meaningful", err=True)
-    click.echo(f"forward vs onnxruntime on {rep.n_samples} random inputs: max abs err {rep.max_abs_error:.3g}, "
-               f"max rel err {rep.max_rel_error:.3g} -> {status} ({time.perf_counter() - t0:.2f} s)")
+    click.echo(f"forward vs onnxruntime on {rep.n_samples} random inputs in [-1, 1]: max |err| {rep.max_abs_error:.3g} "
+               f"(max rel err {rep.max_rel_error:.3g}); test |err| <= atol + rtol |ref| with atol {atol:g}, "
+               f"rtol {rtol:g}: worst |err| / allowed {rep.worst:.3g} -> {status} ({time.perf_counter() - t0:.2f} s)")
     if not rep.ok:
         sys.exit(1)
 

@@ -309,7 +309,7 @@ def _add_inputs(ctx: ImportContext, inputs: list) -> None:
         while name in ctx.used_names:
             name += "'"
         ctx.used_names.add(name)
-    source = "graph input" if len(inputs) == 1 else "graph inputs " + ", ".join(gi.name for gi in inputs)
+    source = "graph input" if len(inputs) == 1 else "graph inputs " + _ranges("X", [(gi.name, gi.size) for gi in inputs])
     ctx.nodes.append(Node(name, INPUT, (), {}, {}, shape, source))
     ctx.alias[name] = name
     ctx.probes[name] = np.zeros((1,) + shape, dtype=np.float32)
@@ -334,7 +334,17 @@ def _output(ctx: ImportContext, outs: list) -> str:
     name = "outputs"
     while name in ctx.used_names or name in ctx.alias:
         name += "'"
-    return concat_flat_outputs(ctx, outs, name)
+    sizes = [(o, int(np.prod(ctx.probes[ctx.alias[o]].shape[1:], dtype=np.int64))) for o in outs]
+    return concat_flat_outputs(ctx, outs, name, label="graph outputs " + _ranges("Y", sizes))
+
+
+def _ranges(var: str, sizes) -> str:
+    """``a X_0..X_2, b X_3..X_6``: which VNN-LIB variables each input/output is."""
+    out, start = [], 0
+    for name, n in sizes:
+        out.append(f"{name} {var}_{start}" + (f"..{var}_{start + n - 1}" if n > 1 else ""))
+        start += n
+    return ", ".join(out)
 
 
 def _unbatched_hint(inputs: list) -> str:
