@@ -55,7 +55,7 @@ def check(model, samples, rtol, atol, show_graph):
 @click.option("--clip", nargs=2, type=float, default=None, help="Data range LO HI for l_inf balls (e.g. 0 1).")
 @click.option("--label", type=int, default=None, help="True class: bound the margins y_label - y_j instead of the outputs.")
 @click.option("--method", default="crown", show_default=True,
-              help="ibp, lbp, crown-ibp, crown-lbp, crown or relaxed-crown-V.")
+              help="ibp, lbp, crown-ibp, crown-lbp, crown, relaxed-crown-V or alpha-crown (optimised lines; needs torch).")
 @click.option("--strategy", type=click.Choice(["constant", "tight", "adaptive"]), default=None,
               help="Bounding-line strategy of the linear methods.")
 @click.option("--backend", default="numpy", show_default=True, help="numpy, torch, cupy or auto.")
