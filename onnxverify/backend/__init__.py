@@ -7,16 +7,18 @@ imported only when asked for.
 from __future__ import annotations
 
 from ..errors import BackendError
+from . import threads
 from .arrays import NUMPY, ArrayModuleBackend
 from .base import Backend, window_count, window_views
 
-__all__ = ["Backend", "BackendError", "NUMPY", "get_backend", "window_count", "window_views"]
+__all__ = ["Backend", "BackendError", "NUMPY", "get_backend", "threads", "window_count", "window_views"]
 
 _BACKENDS: dict = {"numpy": NUMPY}
 
 
 def get_backend(name: str | Backend | None = "numpy") -> Backend:
     """``numpy`` (default), ``torch``, ``torch:cuda``, ``cupy``, or ``auto`` (cupy if a GPU works)."""
+    threads.apply()
     if isinstance(name, Backend):
         return name
     name = (name or "numpy").lower()

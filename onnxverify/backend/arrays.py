@@ -2,7 +2,9 @@
 
 Convolutions are im2col in a channel-first layout plus one BLAS product per group; on NumPy
 they borrow torch's CPU kernels zero-copy when torch is importable (several times faster;
-``ONNXVERIFY_NUMPY_KERNELS=1`` forces the pure-NumPy path).
+``ONNXVERIFY_NUMPY_KERNELS=1`` forces the pure-NumPy path). While torch's kernels serve
+NumPy, large matrix products go through torch too, so that one thread pool does the parallel
+work (:mod:`.threads`).
 """
 from __future__ import annotations
 
@@ -45,6 +47,13 @@ class ArrayModuleBackend(Backend):
 
     def zeros(self, shape, dtype, like=None):
         return self.xp.zeros(tuple(shape), dtype=dtype)
+
+    def matmul(self, a, b):
+        fast = _torch_for_numpy(self) if a.size * b.shape[-1] >= _TORCH_MATMUL_MIN else None
+        if fast is not None and a.dtype == b.dtype and a.dtype.kind == "f":
+            t = fast.xp
+            return t.matmul(t.from_numpy(_torchable(a)), t.from_numpy(_torchable(b))).numpy()
+        return a @ b
 
     def conv2d(self, x, w, stride, pads, dilation, groups):
         """im2col in a channel-first layout + one BLAS product per group (or torch's
@@ -96,6 +105,14 @@ class ArrayModuleBackend(Backend):
 
 NUMPY = ArrayModuleBackend(np, "numpy")
 _TORCH_KERNELS: list = []
+_TORCH_MATMUL_MIN = 1 << 18  # multiply-adds below which NumPy's own product is cheaper than a call into torch
+
+
+def _torchable(a):
+    """``a`` as an array torch.from_numpy accepts (positive strides, writeable, aligned)."""
+    if a.flags.writeable and all(s >= 0 for s in a.strides) and a.flags.aligned:
+        return a
+    return np.array(a)
 
 
 def _torch_for_numpy(bk):
@@ -107,7 +124,7 @@ def _torch_for_numpy(bk):
         try:
             from . import get_backend
 
-            _TORCH_KERNELS.append(get_backend("torch"))
+            _TORCH_KERNELS.append(get_backend("torch"))  # TorchBackend moves the threads to torch
         except BackendError:
             _TORCH_KERNELS.append(None)
     return _TORCH_KERNELS[0]

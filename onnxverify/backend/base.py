@@ -43,7 +43,7 @@ class Backend:
         Parameter tied in during training) are converted on every call, keeping autograd."""
         if not isinstance(value, np.ndarray):
             return self.asarray(value, dtype=dtype)
-        key = (id(value), str(dtype))
+        key = (id(value), dtype)
         hit = self._consts.get(key)
         if hit is not None and hit[0]() is value:
             return hit[1]

@@ -16,7 +16,10 @@ class TorchBackend(Backend):
         import torch
         import torch.nn.functional as F
 
+        from . import threads
+
         super().__init__()
+        threads.use_torch()  # one pool does the parallel work: torch's from now on
         self.xp = torch
         self.F = F
         self.device = torch.device(device) if device is not None else torch.device("cpu")
