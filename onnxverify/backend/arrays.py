@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from ..errors import BackendError
+from . import threads as _threads
 from .base import Backend, window_views
 
 
@@ -49,7 +50,9 @@ class ArrayModuleBackend(Backend):
         return self.xp.zeros(tuple(shape), dtype=dtype)
 
     def matmul(self, a, b):
-        fast = _torch_for_numpy(self) if a.size * b.shape[-1] >= _TORCH_MATMUL_MIN else None
+        # through torch only once it is in use (a conv net): a pure MLP never imports torch
+        big = _threads.torch_in_use() and a.size * b.shape[-1] >= _TORCH_MATMUL_MIN
+        fast = _torch_for_numpy(self) if big else None
         if fast is not None and a.dtype == b.dtype and a.dtype.kind == "f":
             t = fast.xp
             return t.matmul(t.from_numpy(_torchable(a)), t.from_numpy(_torchable(b))).numpy()

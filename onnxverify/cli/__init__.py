@@ -15,9 +15,16 @@ from .common import CliGroup
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for the array libraries (default: $ONNXVERIFY_THREADS, else the cores, "
+                   "fewer while other processes load them).")
 @click.version_option(package_name="onnxverify")
-def main(debug):
+def main(debug, threads):
     """onnxverify: sound output bounds and verification for ONNX neural networks."""
+    if threads is not None:
+        from ..backend import threads as policy
+
+        policy.configure(threads)
 
 
 for _module in (model, ops, verify, run, stats, train):
