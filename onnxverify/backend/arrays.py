@@ -9,6 +9,7 @@ work (:mod:`.threads`).
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -61,7 +62,8 @@ class ArrayModuleBackend(Backend):
     def conv2d(self, x, w, stride, pads, dilation, groups):
         """im2col in a channel-first layout + one BLAS product per group (or torch's
         kernel on the same memory when torch is installed: several times faster)."""
-        fast = _torch_for_numpy(self)
+        o, cg, kh, kw = w.shape
+        fast = _torch_for_numpy(self, x.shape[0] * o * cg * kh * kw * x.shape[2] * x.shape[3] // (stride[0] * stride[1]))
         if fast is not None:
             return fast.to_numpy(fast.conv2d(fast.asarray(x), fast.asarray(w, dtype=x.dtype), stride, pads, dilation, groups))
         xp = self.xp
@@ -85,7 +87,7 @@ class ArrayModuleBackend(Backend):
     def conv_transpose2d(self, y, w, stride, pads, dilation, groups, in_hw):
         """Adjoint of :meth:`conv2d`: (N, O, Ho, Wo) -> (N, C, H, W); one BLAS product per
         group, then col2im by shifted strided adds (channel-first layout)."""
-        fast = _torch_for_numpy(self)
+        fast = _torch_for_numpy(self, y.size * w.shape[1] * w.shape[2] * w.shape[3])
         if fast is not None:
             return fast.to_numpy(fast.conv_transpose2d(fast.asarray(y), fast.asarray(w, dtype=y.dtype), stride, pads,
                                                        dilation, groups, in_hw))
@@ -108,6 +110,10 @@ class ArrayModuleBackend(Backend):
 
 NUMPY = ArrayModuleBackend(np, "numpy")
 _TORCH_KERNELS: list = []
+#: multiply-adds of NumPy convolutions after which torch is imported for its kernels (import
+#: ~1.5 s on an idle 2-core machine, NumPy's im2col convolutions ~2 GMAC/s there)
+_TORCH_IMPORT_WORK = int(os.environ.get("ONNXVERIFY_TORCH_AFTER", 3 * 10**9))
+_NUMPY_WORK = [0]
 _TORCH_MATMUL_MIN = 1 << 18  # multiply-adds below which NumPy's own product is cheaper than a call into torch
 
 
@@ -118,11 +124,21 @@ def _torchable(a):
     return np.array(a)
 
 
-def _torch_for_numpy(bk):
+def _torch_for_numpy(bk, work: int = 0):
     """torch's CPU conv kernels, zero-copy on NumPy arrays, when torch is importable and not
-    disabled with ONNXVERIFY_NUMPY_KERNELS=1. None for other backends or without torch."""
+    disabled with ONNXVERIFY_NUMPY_KERNELS=1. None for other backends or without torch.
+
+    ``work``: multiply-adds of the call. While torch is not loaded, NumPy does the work until
+    it has done :data:`_TORCH_IMPORT_WORK` multiply-adds in all (about what importing torch
+    costs in time), then torch is imported: a short run (a small conv net verified in a
+    second) never pays for the import, a long one pays it once, at most about twice what
+    NumPy alone would have taken up to there (the ski-rental rule)."""
     if bk.xp is not np or os.environ.get("ONNXVERIFY_NUMPY_KERNELS") == "1":
         return None
+    if not _TORCH_KERNELS and "torch" not in sys.modules:
+        _NUMPY_WORK[0] += work
+        if _NUMPY_WORK[0] < _TORCH_IMPORT_WORK:
+            return None
     if not _TORCH_KERNELS:
         try:
             from . import get_backend
