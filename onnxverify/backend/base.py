@@ -37,17 +37,19 @@ class Backend:
     def zeros(self, shape, dtype, like=None):
         raise NotImplementedError
 
-    def const(self, value, dtype):
+    def const(self, value, dtype, absolute: bool = False):
         """A constant parameter (a NumPy array of the IR) as an array of this backend in
-        ``dtype``, converted once and cached while ``value`` lives. Non-NumPy values (a torch
-        Parameter tied in during training) are converted on every call, keeping autograd."""
+        ``dtype`` (its absolute value with ``absolute``: interval rules' ``|W|``), converted
+        once and cached while ``value`` lives. Non-NumPy values (a torch Parameter tied in
+        during training) are converted on every call, keeping autograd."""
         if not isinstance(value, np.ndarray):
-            return self.asarray(value, dtype=dtype)
-        key = (id(value), dtype)
+            out = self.asarray(value, dtype=dtype)
+            return self.abs(out) if absolute else out
+        key = (id(value), dtype, absolute)
         hit = self._consts.get(key)
         if hit is not None and hit[0]() is value:
             return hit[1]
-        out = self.asarray(value, dtype=dtype)
+        out = self.asarray(np.abs(value) if absolute else value, dtype=dtype)
         ref = weakref.ref(value, lambda _r, k=key, c=self._consts: c.pop(k, None))
         self._consts[key] = (ref, out)
         return out

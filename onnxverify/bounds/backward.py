@@ -41,7 +41,7 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
         pass_.accumulate(name, zero if cL is None else cL, (zero if cU is None else cU) if upper else None, 0)
     bias = [bk.zeros((B, K), dtype=eng.dtype), bk.zeros((B, K), dtype=eng.dtype) if upper else None]
     coef = [None, None]  # (B, K, n0) on the input
-    for node in g.reversed_from(start):
+    for node in eng.plan.order(start):
         if node.name not in pass_.acc:
             continue
         AL, AU = pass_.acc.pop(node.name)
@@ -55,7 +55,7 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
                 if A is not None:
                     coef[s] = flat(bk, A, 2) if coef[s] is None else coef[s] + flat(bk, A, 2)
             continue
-        rule = rule_of(node)
+        rule = eng.plan.rules[node.name]
         if win is not None and (cut or not rule.windowed):
             AL, AU = (None if A is None else _pad_window(bk, A, win, node.shape) for A in (AL, AU))
             win = None

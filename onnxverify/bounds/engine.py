@@ -17,6 +17,7 @@ import numpy as np
 
 from ..ir import Graph
 from ..ops import Maps, rule_of
+from .plan import plan_of
 
 
 class StepContext:
@@ -25,7 +26,7 @@ class StepContext:
 
     def __init__(self, eng: "LinearEngine", node):
         self._eng, self._node = eng, node
-        self.in_shapes = [eng.g[i].shape for i in node.inputs]
+        self.in_shapes = eng.plan.in_shapes[node.name]
 
     @property
     def relax(self):
@@ -43,6 +44,7 @@ class LinearEngine:
         self.g, self.bk, self.dtype, self.strategy = graph, bk, dtype, strategy
         self.ibp = ibp_env
         self.input_set = input_set
+        self.plan = plan_of(graph)  # input-independent facts, shared by every call on this graph
         self.bounds: dict = {}  # name -> (lower, upper), (B, *shape): the best known
         self.maps: dict = {}  # name -> Maps
         self.relax: dict = {}  # nonlinear node name -> its relaxation
@@ -85,9 +87,7 @@ class LinearEngine:
 
     def offset(self, name):
         if name not in self._offsets:
-            node = self.g[name]
-            shapes = [self.g[i].shape for i in node.inputs]
-            self._offsets[name] = rule_of(node).offset(self.bk, node, shapes, self.dtype)
+            self._offsets[name] = self.plan.offset(self.bk, name, self.dtype)
         return self._offsets[name]
 
     def step(self, node) -> StepContext:

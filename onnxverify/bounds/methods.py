@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from ..errors import InputError, MemoryLimitError
 from ..ops import DEFAULT_STRATEGY, STRATEGIES, rule_of
 from .engine import LinearEngine
-from .passes import backward_undecided, bound_nodes, chunked_backward, default_max_memory, gb, itemsize
+from .passes import backward_undecided, chunked_backward, default_max_memory, gb, itemsize
+from .plan import plan_of
 
 METHODS = ("ibp", "lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-V", "alpha-crown")
 
@@ -104,7 +105,7 @@ def intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, 
     max_memory = max_memory or default_max_memory()
     eng = LinearEngine(graph, input_set, bk, dtype, strategy, ibp_env)
     eng.max_memory, eng.itemsize, eng.out_depth = max_memory, itemsize(dtype), spec.out_depth
-    needs = set(bound_nodes(graph))
+    needs = set(plan_of(graph).bound_nodes)
     if spec.uses_forward_maps:
         biggest = max(n.size for n in graph.nodes)
         need = eng.B * eng.n0 * biggest * eng.itemsize * 6
@@ -114,12 +115,13 @@ def intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, 
                 f"with temporaries) but the memory limit is {gb(max_memory)}; use crown-ibp or crown, "
                 "fewer images at once, or raise --max-memory")
         eng.input_maps()
-    keep_maps = set(needs) if spec.intermediate == "relaxed" else _output_cut_nodes(graph, needs, spec.out_depth)
-    exact = exact_by_ibp(graph)
-    consumers_left = {name: len(cs) for name, cs in graph.consumers().items()}
+    plan = eng.plan
+    keep_maps = set(needs) if spec.intermediate == "relaxed" else plan.cut_nodes(needs, spec.out_depth)
+    exact = plan.exact
+    consumers_left = dict(plan.consumer_counts)
     passes = spec.intermediate in ("crown", "relaxed", "alpha")  # alpha: CROWN's, before optimisation
     for node in graph.computed:
-        rule = rule_of(node)
+        rule = plan.rules[node.name]
         if not rule.affine:
             eng.relax_node(node.name)  # its inputs' bounds are final by now
         if spec.uses_forward_maps:
@@ -129,8 +131,10 @@ def intermediate_bounds(graph, input_set, method, strategy, bk, dtype, ibp_env, 
                 if consumers_left[i] == 0 and i not in keep_maps:
                     eng.maps.pop(i, None)
         if node.name in needs:
-            # re-run the interval rule from the tightened input bounds (cheap, sound, often tighter)
-            eng.tighten(node.name, *rule.interval(bk, node, *[eng.best(i) for i in node.inputs]))
+            # re-run the interval rule from the tightened input bounds (cheap, sound, often
+            # tighter; with IBP intermediate bounds nothing was tightened: it would repeat IBP)
+            if spec.intermediate != "ibp":
+                eng.tighten(node.name, *rule.interval(bk, node, *[eng.best(i) for i in node.inputs]))
             if spec.uses_forward_maps:
                 eng.tighten(node.name, *eng.concretize_maps(node.name))
             # a monotone op's output is as tight as its inputs' bounds allow, and IBP bounds

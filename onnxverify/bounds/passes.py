@@ -53,9 +53,7 @@ def undecided_mask(bk, graph, name: str, lo, hi):
 def rows_per_chunk(eng, start, max_memory, itemsize):
     """Rows of a backward pass that fit in ``max_memory``: per row, a few arrays of the
     largest ancestor's size plus the im2col buffer of the widest kernel (kh * kw copies)."""
-    ancestors = [eng.g[n] for n in eng.g.ancestors(start)]
-    biggest = max(n.size for n in ancestors)
-    kernel = max(rule_of(n).kernel_size(n) for n in ancestors if n is not eng.g.input) if len(ancestors) > 1 else 1
+    biggest, kernel = eng.plan.extent(start)
     per_row = eng.B * max(biggest, eng.n0) * itemsize * (8 + 2 * kernel)
     rows = int(max_memory // max(per_row, 1))
     if rows < 1:

@@ -38,7 +38,7 @@ class Conv(AffineRule):
         return y
 
     def apply_abs(self, bk, node, x):
-        return self.apply(bk, node, x, bias=False, weight=bk.abs(bk.const(node.params["weight"], x.dtype)))
+        return self.apply(bk, node, x, bias=False, weight=bk.const(node.params["weight"], x.dtype, absolute=True))
 
     def adjoint(self, bk, node, A, in_shapes):
         a = node.attrs

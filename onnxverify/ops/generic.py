@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import math
+
 from .base import Maps, OpRule, check_strategy, unfold
 
 
@@ -26,6 +28,11 @@ def window_bias(bk, A, const, win):
     if c.shape[0] == 1:
         return bk.einsum("bkn,n->bk", flat(bk, A, 2), bk.reshape(c, (-1,)))
     return bk.einsum("bkn,bn->bk", flat(bk, A, 2), flat(bk, c, 1))
+
+
+#: elements of one pass's coefficients up to which the lower and upper passes of an affine
+#: step are stacked into one kernel call (above it the copy would cost more than the call)
+STACK_MAX = 1 << 20
 
 
 class AffineRule(OpRule):
@@ -87,18 +94,26 @@ class AffineRule(OpRule):
         return Maps(mid - rad, cmid - crad, mid + rad, cmid + crad)
 
     def backward_linear(self, bk, node, step, AL, AU):
+        """Both passes through one adjoint: the same array when ``AL is AU`` (a pass starts
+        with one coefficient array for both bounds, and affine steps keep it shared), else
+        stacked as ``2K`` rows while they are small (one kernel call instead of two)."""
         B, K = AL.shape[:2]
         off = bk.reshape(step.offset, (-1,))
-        biases, outs = [], []
-        for A in (AL, AU):
-            if A is None:
-                biases.append(None)
-                outs.append([None] * len(step.in_shapes))
-                continue
-            biases.append(bk.einsum("bkn,n->bk", flat(bk, A, 2), off))
-            adj = self.adjoint(bk, node, bk.reshape(A, (B * K,) + tuple(node.shape)), step.in_shapes)
-            outs.append([bk.reshape(a, (B, K) + tuple(s)) for a, s in zip(adj, step.in_shapes)])
-        return list(zip(outs[0], outs[1])), tuple(biases)
+        shapes = step.in_shapes
+
+        def through(A, rows):
+            biases = bk.einsum("bkn,n->bk", flat(bk, A, 2), off)
+            adj = self.adjoint(bk, node, bk.reshape(A, (B * rows,) + tuple(node.shape)), shapes)
+            return [bk.reshape(a, (B, rows) + tuple(s)) for a, s in zip(adj, shapes)], biases
+
+        if AU is None or AU is AL:
+            outs, bias = through(AL, K)
+            return [(a, None if AU is None else a) for a in outs], (bias, None if AU is None else bias)
+        if math.prod(AL.shape) <= STACK_MAX:
+            outs, bias = through(bk.concat([AL, AU], axis=1), 2 * K)
+            return [(a[:, :K], a[:, K:]) for a in outs], (bias[:, :K], bias[:, K:])
+        (lo, bl), (hi, bu) = through(AL, K), through(AU, K)
+        return list(zip(lo, hi)), (bl, bu)
 
     def backward_window(self, bk, node, step, AL, AU, win):
         B, K = AL.shape[:2]

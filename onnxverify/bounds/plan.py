@@ -1,0 +1,92 @@
+"""The compiled bound plan: what a bound computation needs to know about a graph that does
+not depend on the input set, worked out once per graph and reused by every call.
+
+Branch and bound calls the engine thousands of times on the same graph: the per-node Python
+work (rule lookups, which nodes need bounds, which ones IBP already bounds exactly, the
+order of each backward pass, the memory estimate's largest ancestor and kernel) and the
+constant terms of the affine ops (an op applied to zeros: a convolution per conv layer) are
+done on the first call and read back afterwards.
+
+A plan is kept with its graph (:func:`plan_of`); a graph is never changed after it is built
+(its consumers and ancestors are cached the same way). Constant terms are cached per
+``(backend, dtype)`` only while the node's parameters are the same NumPy arrays: parameters
+tied to torch tensors (training) are recomputed on every call, so gradients still flow.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from ..ops import rule_of
+
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def plan_of(graph) -> "Plan":
+    """The plan of ``graph`` (built on first use)."""
+    plan = _PLANS.get(graph)
+    if plan is None:
+        plan = _PLANS[graph] = Plan(graph)
+    return plan
+
+
+class Plan:
+    """Input-independent facts about ``graph`` for the bound engines (see the module
+    docstring). Everything is computed lazily and cached."""
+
+    def __init__(self, graph):
+        from .methods import exact_by_ibp  # methods imports this module
+
+        self.graph = graph
+        self.rules = {n.name: rule_of(n) for n in graph.computed}
+        need = {i for n in graph.computed if not self.rules[n.name].affine for i in n.inputs}
+        #: nodes whose bounds a relaxation needs (inputs of nonlinear nodes), in order
+        self.bound_nodes = [n.name for n in graph.nodes if n.name in need]
+        self.exact = frozenset(exact_by_ibp(graph))
+        self.in_shapes = {n.name: [tuple(graph[i].shape) for i in n.inputs] for n in graph.computed}
+        self.consumer_counts = {name: len(cs) for name, cs in graph.consumers().items()}
+        self._orders: dict = {}
+        self._extent: dict = {}
+        self._cuts: dict = {}
+        self._offsets: dict = {}
+
+    def order(self, start: str) -> list:
+        """``start`` and its ancestors in reverse topological order (a backward pass)."""
+        if start not in self._orders:
+            self._orders[start] = self.graph.reversed_from(start)
+        return self._orders[start]
+
+    def extent(self, start: str) -> tuple:
+        """``(largest ancestor size, widest kernel size)`` of the ancestors of ``start``."""
+        if start not in self._extent:
+            g = self.graph
+            ancestors = [g[n] for n in g.ancestors(start)]
+            biggest = max(n.size for n in ancestors)
+            kernels = [self.rules[n.name].kernel_size(n) for n in ancestors if n is not g.input]
+            self._extent[start] = (biggest, max(kernels) if kernels else 1)
+        return self._extent[start]
+
+    def cut_nodes(self, needs, depth) -> set:
+        """Bound nodes where an output pass of ``depth`` substitutes forward maps."""
+        key = (frozenset(needs), depth)
+        if key not in self._cuts:
+            from .methods import _output_cut_nodes
+
+            self._cuts[key] = frozenset(_output_cut_nodes(self.graph, set(needs), depth))
+        return set(self._cuts[key])
+
+    def offset(self, bk, name: str, dtype):
+        """The constant term ``(1, *shape)`` of affine node ``name`` (its output at zero
+        inputs), cached while its parameters are the same NumPy arrays."""
+        node = self.graph[name]
+        params = tuple(node.params.values())
+        cacheable = all(isinstance(p, np.ndarray) for p in params)
+        key = (id(bk), name, str(dtype))
+        hit = self._offsets.get(key) if cacheable else None
+        if hit is not None and len(hit[0]) == len(params) and all(a is b for a, b in zip(hit[0], params)):
+            return hit[1]
+        value = self.rules[name].offset(bk, node, self.in_shapes[name], dtype)
+        if cacheable:
+            self._offsets[key] = (params, value)
+        return value
