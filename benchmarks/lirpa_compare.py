@@ -13,6 +13,7 @@ with every row and the table.
 
     python benchmarks/lirpa_compare.py                         # everything (hours on 2 cores)
     python benchmarks/lirpa_compare.py --models mnist_bn_scaled,cnn4_scaled --methods crown-ibp,crown
+    python benchmarks/lirpa_compare.py --models cnn4_scaled --methods crown --append   # add rows
     python benchmarks/lirpa_compare.py --table benchmarks/results/lirpa_compare.json   # print a saved table
 
 Methods (ours -> auto_LiRPA): ibp -> IBP, crown-ibp -> CROWN-IBP, crown -> CROWN,
@@ -197,6 +198,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--lirpa-python", default=str(ROOT.parent / "lirpa-venv" / "bin" / "python"))
     ap.add_argument("--json", default="benchmarks/results/lirpa_compare.json")
+    ap.add_argument("--append", action="store_true", help="add the rows to those already in --json")
     ap.add_argument("--table", default=None, help="print the table of a saved JSON file and exit")
     a = ap.parse_args()
     if a.worker:
@@ -208,6 +210,10 @@ def main():
     meta = {"threads": a.threads, "cpus": os.cpu_count(), "load_start": [round(v, 2) for v in os.getloadavg()],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": a.rounds, "reps": a.reps}
     rows = []
+    if a.append and Path(a.json).exists():
+        old = json.loads(Path(a.json).read_text())
+        rows, meta["load_start"] = old["rows"], old["meta"]["load_start"]
+        meta["date"] = old["meta"]["date"] + " to " + meta["date"]
     for model in a.models.split(","):
         for method in a.methods.split(","):
             eps = _eps(model)
@@ -221,8 +227,8 @@ def main():
             out = Path(a.json)
             out.parent.mkdir(parents=True, exist_ok=True)
             meta["load_end"] = [round(v, 2) for v in os.getloadavg()]
-            slim = [{**r, "ours": _slim(r["ours"]), "theirs": _slim(r["theirs"])} for r in rows]
-            out.write_text(json.dumps({"meta": meta, "summary": summarize(rows), "rows": slim}, indent=1))
+            rows = [{**r, "ours": _slim(r["ours"]), "theirs": _slim(r["theirs"])} for r in rows]
+            out.write_text(json.dumps({"meta": meta, "summary": summarize(rows), "rows": rows}, indent=1))
     print(table(summarize(rows), meta))
 
 
