@@ -45,3 +45,21 @@ def test_offsets_follow_new_parameters():
         a, b = compute_bounds(g, box, m), compute_bounds(fresh, box, m)
         np.testing.assert_allclose(a.lower, b.lower, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(a.upper, b.upper, rtol=1e-6, atol=1e-6)
+
+
+def test_unit_row_first_step_equals_one_hot_pass(monkeypatch):
+    """Intermediate passes start from unit rows; Linear takes them as a gather of weight rows
+    (adjoint_rows) instead of a product with one-hot rows: the bounds agree to 1e-6."""
+    from onnxverify.bounds import passes
+
+    model, (lo, hi) = nets.mlp_leaky(2)
+    g = import_model(model)
+    x = np.random.default_rng(2).uniform(lo, hi, (3,) + tuple(g.input_shape)).astype(np.float32)
+    box = Box(np.clip(x - 0.1, lo, hi), np.clip(x + 0.1, lo, hi))
+    for method in ("crown", "relaxed-crown-2"):
+        fast = compute_bounds(g, box, method, intersect_ibp=False)
+        with monkeypatch.context() as m:
+            m.setattr(passes, "_unit_first_step", lambda *a, **k: None)
+            slow = compute_bounds(g, box, method, intersect_ibp=False)
+        np.testing.assert_allclose(fast.lower, slow.lower, atol=1e-6)
+        np.testing.assert_allclose(fast.upper, slow.upper, atol=1e-6)

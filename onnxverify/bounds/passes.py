@@ -110,11 +110,33 @@ def backward_undecided(eng, name, depth, max_memory, itemsize):
         for b in range(eng.B):
             onehot[b, np.arange(sl.stop - sl.start), idx[b, sl]] = valid[b, sl]
         lam = bk.asarray(onehot, dtype=eng.dtype)
-        l_k, h_k = backward(eng, name, bk.reshape(lam, (eng.B, sl.stop - sl.start) + shape), depth)
+        first = _unit_first_step(eng, name, idx[:, sl], valid[:, sl])
+        if first is None:
+            l_k, h_k = backward(eng, name, bk.reshape(lam, (eng.B, sl.stop - sl.start) + shape), depth)
+        else:  # the rows through the start node's rule directly (a gather for Linear), then on
+            A, bias = first
+            l_k, h_k = backward(eng, eng.g[name].inputs[0], A, depth)
+            l_k, h_k = l_k + bias, h_k + bias
         hit = bk.sum(lam, axis=1) > 0
         new_lo = bk.where(hit, bk.maximum(new_lo, bk.einsum("bk,bkn->bn", l_k, lam)), new_lo)
         new_hi = bk.where(hit, bk.minimum(new_hi, bk.einsum("bk,bkn->bn", h_k, lam)), new_hi)
     eng.tighten(name, bk.reshape(new_lo, (eng.B,) + shape), bk.reshape(new_hi, (eng.B,) + shape))
+
+
+def _unit_first_step(eng, name, idx, valid):
+    """The first step of the passes from unit rows ``idx (B, K)`` of affine node ``name``
+    (one input) by its rule's :meth:`~onnxverify.ops.generic.AffineRule.adjoint_rows`:
+    ``(coefficients (B, K, *in_shape), bias (B, K))``, or None (no shortcut)."""
+    node, rule, bk = eng.g[name], eng.plan.rules[name], eng.bk
+    if not rule.affine or len(node.inputs) != 1:
+        return None
+    rows = rule.adjoint_rows(bk, node, idx, eng.plan.in_shapes[name], eng.dtype)
+    if rows is None:
+        return None
+    A = rows[0]
+    mask = bk.asarray(valid.reshape(valid.shape + (1,) * (A.ndim - 2)), dtype=eng.dtype)
+    off = bk.reshape(eng.offset(name), (-1,))
+    return A * mask, off[bk.asarray(idx)] * bk.asarray(valid, dtype=eng.dtype)
 
 
 def backward_tiles(eng, name, depth, mask, max_memory, itemsize):

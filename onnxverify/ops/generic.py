@@ -59,6 +59,13 @@ class AffineRule(OpRule):
         ``A (M, C, h, w)`` -> one ``(A_i, win_i)`` per input."""
         raise NotImplementedError
 
+    def adjoint_rows(self, bk, node, idx, in_shapes, dtype):
+        """:meth:`adjoint` of unit rows: row ``(b, k)`` is the unit vector of flat output
+        position ``idx[b, k]`` (NumPy ints ``(B, K)``) -> one ``(B, K, *in_shape)`` per input,
+        or None when the rule has no shortcut (the engine then pushes one-hot rows through
+        :meth:`adjoint`). The first step of every intermediate-bound pass."""
+        return None
+
     def offset(self, bk, node, in_shapes, dtype):
         """The output at all-zero inputs, ``(1, *shape)``: the op's constant term."""
         zeros = [bk.zeros((1,) + tuple(s), dtype=dtype) for s in in_shapes]

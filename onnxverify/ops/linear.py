@@ -46,6 +46,11 @@ class Linear(AffineRule):
     def adjoint(self, bk, node, A, in_shapes):
         return [bk.matmul(A, bk.const(node.params["weight"], A.dtype))]
 
+    def adjoint_rows(self, bk, node, idx, in_shapes, dtype):
+        """Unit rows through the transpose are rows of the weight: a gather, no product."""
+        w = bk.const(node.params["weight"], dtype)
+        return [w[bk.asarray(idx)]]
+
     def absorb_channel_affine(self, node, scale, shift):
         per_out = [_per_last_axis(p, node.shape) for p in (scale, shift)]
         if any(p is None for p in per_out):
