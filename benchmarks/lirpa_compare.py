@@ -9,7 +9,8 @@ median of up to 3 timed calls, CPU time of those calls, peak RSS of the process 
 increase over the RSS before bounding. Ours and theirs alternate, ``--rounds`` times (the
 table shows medians over rounds), both with the same pinned thread count (``--threads``:
 torch.set_num_threads there, ``ONNXVERIFY_THREADS`` here). The load average is recorded
-with every row and the table.
+with every row and the table. Ours uses torch's conv kernels from the untimed warm-up on
+(``--torch-after 0``; a short ``verify`` run keeps NumPy's until importing torch pays).
 
     python benchmarks/lirpa_compare.py                         # everything (hours on 2 cores)
     python benchmarks/lirpa_compare.py --models mnist_bn_scaled,cnn4_scaled --methods crown-ibp,crown
@@ -109,7 +110,8 @@ def _run(cmd, env, timeout):
 
 
 def measure_ours(model, method, eps, a):
-    env = dict(os.environ, ONNXVERIFY_THREADS=str(a.threads), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, ONNXVERIFY_THREADS=str(a.threads), PYTHONPATH=str(ROOT),
+               ONNXVERIFY_TORCH_AFTER=str(a.torch_after))
     cmd = [sys.executable, __file__, "--worker", "--model", model, "--method", method, "--eps", repr(eps),
            "--reps", str(a.reps), "--rep-budget", str(a.rep_budget)]
     return _run(cmd, env, a.timeout)
@@ -198,7 +200,11 @@ def main():
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--lirpa-python", default=str(ROOT.parent / "lirpa-venv" / "bin" / "python"))
     ap.add_argument("--json", default="benchmarks/results/lirpa_compare.json")
-    ap.add_argument("--append", action="store_true", help="add the rows to those already in --json")
+    ap.add_argument("--append", action="store_true", help="add the rows to those already in --json (replacing "
+                    "earlier rows of the same model and method)")
+    ap.add_argument("--torch-after", type=int, default=0,
+                    help="ours: ONNXVERIFY_TORCH_AFTER (0: torch's conv kernels from the untimed warm-up on, the steady "
+                         "state of a long run; auto_LiRPA's torch import is not timed either)")
     ap.add_argument("--table", default=None, help="print the table of a saved JSON file and exit")
     a = ap.parse_args()
     if a.worker:
@@ -212,7 +218,9 @@ def main():
     rows = []
     if a.append and Path(a.json).exists():
         old = json.loads(Path(a.json).read_text())
-        rows, meta["load_start"] = old["rows"], old["meta"]["load_start"]
+        todo = {(m, k) for m in a.models.split(",") for k in a.methods.split(",")}
+        rows = [r for r in old["rows"] if (r["model"], r["method"]) not in todo]
+        meta["load_start"] = old["meta"]["load_start"]
         meta["date"] = old["meta"]["date"] + " to " + meta["date"]
     for model in a.models.split(","):
         for method in a.methods.split(","):
