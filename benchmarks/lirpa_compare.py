@@ -229,7 +229,8 @@ def main():
                 load = os.getloadavg()[0]
                 o = measure_ours(model, method, eps, a)
                 t = measure_theirs(model, method, eps, a)
-                rows.append({"model": model, "method": method, "eps": eps, "load": load, "ours": o, "theirs": t})
+                rows.append({"model": model, "method": method, "eps": eps, "load": load, "commit": _commit(), "ours": o,
+                             "theirs": t})
                 print(f"{model:16s} {method:10s} ours {o.get('t_median_s', o.get('status'))} theirs "
                       f"{t.get('t_median_s', t.get('status'))} load {load:.1f}", flush=True)
             out = Path(a.json)
@@ -238,6 +239,14 @@ def main():
             rows = [{**r, "ours": _slim(r["ours"]), "theirs": _slim(r["theirs"])} for r in rows]
             out.write_text(json.dumps({"meta": meta, "summary": summarize(rows), "rows": rows}, indent=1))
     print(table(summarize(rows), meta))
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
 
 
 def _slim(r):
