@@ -168,16 +168,16 @@ def test_lookup_resolves_the_opset_version():
 
 
 def test_unsupported_ops_are_all_named_even_downstream():
-    """Exp -> MatMul -> Abs names Exp and Abs, not only the first."""
+    """Hardmax -> MatMul -> LpNormalization names both, not only the first."""
     w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
-    nodes = [helper.make_node("Exp", ["x"], ["e"], name="exp"), helper.make_node("MatMul", ["e", "w"], ["m"], name="mm"),
-             helper.make_node("Abs", ["m"], ["y"], name="abs")]
+    nodes = [helper.make_node("Hardmax", ["x"], ["e"], name="hard"), helper.make_node("MatMul", ["e", "w"], ["m"], name="mm"),
+             helper.make_node("LpNormalization", ["m"], ["y"], name="lpn")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(ov.UnsupportedOpError) as e:
         ov.import_model(m)
-    assert [op for op, _ in e.value.unsupported] == ["Exp", "Abs"]
+    assert [op for op, _ in e.value.unsupported] == ["Hardmax", "LpNormalization"]
 
 
 def test_unsupported_op_is_named_before_the_input_shape_is_checked():
@@ -288,12 +288,17 @@ def test_bounding_lines_are_sound_on_grids(conv, ex, opset):
             continue
         for l, u in _interval_kinds(rng, tuple(node.shape), lo, hi):
             grid = l[None] + np.linspace(0, 1, 257).reshape((-1,) + (1,) * l.ndim) * (u - l)[None]
-            f = np.stack([rule.forward(NP, node, z) for z in grid])
-            scale = 1e-9 * (1 + np.abs(f).max())
+            grid = np.clip(grid, l, u)  # l + 1 * (u - l) can round past u
+            with np.errstate(all="ignore"):
+                f = np.stack([rule.forward(NP, node, z) for z in grid])
+            # NaN: outside the op's domain (onnxruntime gives NaN too), never a counterexample;
+            # +-inf (poles, overflow) must be met by infinite lines: the scale ignores them
+            undefined = np.isnan(f)
+            scale = 1e-9 * (1 + np.abs(np.where(np.isfinite(f), f, 0)).max())
             for strategy in STRATEGIES:
                 aL, bL, aU, bU = rule.lines(NP, node, l, u, strategy)
-                assert np.all(aL * grid + bL <= f + scale), (strategy, node)
-                assert np.all(f <= aU * grid + bU + scale), (strategy, node)
+                assert np.all(undefined | (aL * grid + bL <= f + scale)), (strategy, node)
+                assert np.all(undefined | (f <= aU * grid + bU + scale)), (strategy, node)
                 if rule.nonneg_slopes:
                     assert np.all(aL >= 0) and np.all(aU >= 0), (strategy, node)
 

@@ -72,6 +72,13 @@ class TorchBackend(Backend):
     def sigmoid(self, a):
         return self.xp.sigmoid(a)
 
+    # ---- elementwise math (nonlinear ops) ------------------------------------------
+    def erf(self, a):
+        return self.xp.erf(a)
+
+    def power(self, a, p):
+        return self.xp.pow(a, p)
+
     def transpose(self, a, perm):
         return a.permute(*perm)
 
