@@ -102,15 +102,39 @@ class Affine(AffineRule):
         op = node.op_type
         a, b = node.input
         if not ctx.is_const(a) and not ctx.is_const(b):
-            if op in ("Mul", "Div"):
-                fail(label, op, "product/quotient of two computed tensors is not supported")
             sa, sb = ctx.shape_of(a), ctx.shape_of(b)
-            if sa != sb:
-                fail(label, op, f"operands have different shapes {sa} and {sb} (broadcasting between computed "
-                                "tensors is not supported)")
-            ctx.add(node.output[0], op, [ctx.computed(a), ctx.computed(b)], source=label)
+            if op in ("Mul", "Div"):  # products of two computed tensors (ops/products.py)
+                if len(sa) != len(sb):
+                    fail(label, op, f"computed operands of ranks {len(sa) + 1} and {len(sb) + 1} (their batch axes "
+                                    "would not align)")
+                try:
+                    np.broadcast_shapes(sa, sb)
+                except ValueError:
+                    fail(label, op, f"operands of shapes {sa} and {sb} do not broadcast")
+                if op == "Mul" and a == b:
+                    ctx.add(node.output[0], "Pow", [ctx.computed(a)], attrs={"p": 2.0}, source=label)
+                    return
+                rhs = ctx.computed(b)
+                if op == "Div":  # a / b = a * (1 / b)
+                    rhs = ctx.add(node.output[0] + "/reciprocal", "Reciprocal", [rhs], source=label)
+                ctx.add(node.output[0], "Mul", [ctx.computed(a), rhs], source=label)
+                return
+            try:
+                full = np.broadcast_shapes(sa, sb) if len(sa) == len(sb) else None
+            except ValueError:
+                full = None
+            if full is None:
+                fail(label, op, f"operands of shapes {sa} and {sb} do not broadcast (batch axes first)")
+            from .layernorm import broadcast_to  # repeat a size-1 axis (e.g. x - mean(x))
+
+            ctx.add(node.output[0], op, [broadcast_to(ctx, a, full, label), broadcast_to(ctx, b, full, label)],
+                    source=label)
             return
         x, c, const_first = (b, ctx.const(a), True) if ctx.is_const(a) else (a, ctx.const(b), False)
+        if op == "Div" and const_first:  # c / x = c * (1 / x)
+            recip = ctx.add(node.output[0] + "/reciprocal", "Reciprocal", [ctx.computed(x)], source=label)
+            x, op = node.output[0] + "/reciprocal", "Mul"
+            ctx.set_alias(x, recip)
         rank = len(ctx.shape_of(x)) + 1
         full = np.broadcast_shapes(np.shape(c), (1,) + ctx.shape_of(x))
         if tuple(full) != (1,) + ctx.shape_of(x):
@@ -124,18 +148,19 @@ class Affine(AffineRule):
         elif op == "Mul":
             scale, shift = c, zero
         else:
-            if const_first:
-                fail(label, "Div", "constant / computed tensor is not supported")
             scale, shift = 1.0 / c, zero
         ctx.add(node.output[0], "Affine", [ctx.computed(x)],
                 {"scale": scale.astype(np.float32), "shift": shift.astype(np.float32)}, {"onnx_op": op}, source=label)
 
     _by_const = (Example(((2, 6), _V)), Example((_V, (2, 6))), Example(((1, 3, 2, 2), _C3)))
-    _two = (Example(((2, 6), (2, 6))),)
+    _two = (Example(((2, 6), (2, 6))), Example(((2, 3, 4), (2, 3, 1))))
     convert_add = onnx_op("Add", since=1, examples=_by_const + _two)(_arith)
     convert_sub = onnx_op("Sub", since=1, examples=_by_const + _two)(_arith)
-    convert_mul = onnx_op("Mul", since=1, examples=_by_const)(_arith)
-    convert_div = onnx_op("Div", since=1, examples=(Example(((2, 6), _V)), Example(((1, 3, 2, 2), _C3 + 2.0))))(_arith)
+    _products = (Example(((2, 6), (2, 6))), Example(((2, 3, 4), (2, 3, 1)), low=-1.5, high=2.5))
+    convert_mul = onnx_op("Mul", since=1, examples=_by_const + _products)(_arith)
+    convert_div = onnx_op("Div", since=1, examples=(
+        Example(((2, 6), _V)), Example(((1, 3, 2, 2), _C3 + 2.0)), Example((_V, (2, 6)), low=0.5, high=3.0),
+        Example(((2, 6), (2, 6)), low=0.5, high=3.0), Example(((2, 3, 4), (2, 3, 1)), low=1.0, high=2.0)))(_arith)
 
 
 def _crop(p, win):

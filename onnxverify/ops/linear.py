@@ -88,9 +88,21 @@ class Linear(AffineRule):
         ctx.add(node.output[0], "Linear", [ctx.computed(a)], {"weight": np.ascontiguousarray(W), "bias": bias},
                 source=label)
 
-    @onnx_op("MatMul", since=1, examples=(Example(((2, 5), _W)), Example(((1, 3, 5), _W))))
+    @onnx_op("MatMul", since=1, examples=(Example(((2, 5), _W)), Example(((1, 3, 5), _W)),
+                                          Example(((2, 3, 4), (2, 4, 5))), Example(((1, 2, 3, 4), (1, 2, 4, 3)), low=-1.0)))
     def convert_matmul(self, ctx, node, attrs, label):
         a, b = node.input
+        if not ctx.is_const(a) and not ctx.is_const(b):  # two computed tensors (ops/products.py)
+            sa, sb = ctx.shape_of(a), ctx.shape_of(b)
+            if len(sa) < 2 or len(sa) != len(sb) or sa[-1] != sb[-2]:
+                fail(label, "MatMul", f"computed operands of sample shapes {sa} @ {sb}: only equal ranks >= 2 "
+                                      "(batch axis first) with matching inner sizes are supported")
+            try:
+                np.broadcast_shapes(sa[:-2], sb[:-2])
+            except ValueError:
+                fail(label, "MatMul", f"leading axes of {sa} and {sb} do not broadcast")
+            ctx.add(node.output[0], "MatMul", [ctx.computed(a), ctx.computed(b)], source=label)
+            return
         if ctx.is_const(a) or not ctx.is_const(b):
             fail(label, "MatMul", "only MatMul(computed, constant matrix) is supported")
         B = ctx.const(b).astype(np.float32)
