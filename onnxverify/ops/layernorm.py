@@ -7,9 +7,11 @@ The converter emits ``Center`` (``c = x - mean(x)``, affine), ``Pow`` 2, ``AxisS
 exporters' pattern ``ReduceMean / Sub / Pow / ReduceMean / Add / Sqrt / Div`` imports to the
 same kind of chain through the ordinary converters (``Sub`` with a broadcast operand goes
 through ``Broadcast`` below; ``Div`` by a computed tensor is ``Mul`` by its ``Reciprocal``),
-so no fusion pass is needed: both forms are bounded by the same sound rules (the opset-17
-form is a little tighter: ``Pow -1/2`` is one convex relaxation where ``Sqrt`` then
-``Reciprocal`` are two).
+so no fusion pass is needed: both forms are bounded by the same sound rules. The opset-17
+form is tighter: ``Pow -1/2`` is one convex relaxation where ``Sqrt`` then ``Reciprocal``
+are two, and its product carries the proven bound ``|y_i| <= sqrt(D - 1)`` of a normalised
+value (``c_i^2 <= (D - 1) var``, Cauchy-Schwarz on ``c_i = -sum_{j != i} c_j``), which
+clips the interval where ``var`` may be near 0 (there ``1 / sqrt(var + eps)`` is huge).
 
 Shapes: ``Center`` and ``Broadcast`` keep / set ``node.shape``; a ``Broadcast`` input has
 size 1 on the axes it is repeated along.
@@ -96,7 +98,10 @@ class Center(AffineRule):
         sq = ctx.add(out + "/square", "Pow", [c], attrs={"p": 2.0}, source=label)
         v = add_axis_sum(ctx, out + "/var", sq, label, scale=1.0 / D, shift=eps, keepdims=True)
         r = ctx.add(out + "/rstd", "Pow", [v], attrs={"p": -0.5}, source=label)
-        y = ctx.add(out + "/normed", "Mul", [c, r], source=label)
+        # |c_i| <= sqrt((D - 1) var) for a centred vector (Cauchy-Schwarz on c_i = -sum_{j != i} c_j),
+        # so |c_i / sqrt(var + eps)| <= sqrt(D - 1): an interval IBP cannot see (widened for rounding)
+        bound = float(np.sqrt(max(D - 1, 0)) * (1 + 1e-5) + 1e-6)
+        y = ctx.add(out + "/normed", "Mul", [c, r], attrs={"bound": bound}, source=label)
         if flat != shape:
             y = ctx.add(out + "/unflat", "Reshape", [y], source=label, shape=shape)
         scale = np.broadcast_to(np.asarray(ctx.const(node.input[1]), np.float32), norm)

@@ -48,9 +48,11 @@ def corner_range(bk, lx, ux, ly, uy):
     return lo, hi
 
 
-def mccormick(bk, lx, ux, ly, uy, strategy, dtype):
+def mccormick(bk, lx, ux, ly, uy, strategy, dtype, bound=None):
     """Lines ``aL x + bL y + cL <= x y <= aU x + bU y + cU`` on the box (all arrays of the
-    broadcast shape): ``(aL, bL, cL, aU, bU, cU)``."""
+    broadcast shape): ``(aL, bL, cL, aU, bU, cU)``. ``bound``: a known ``|x y| <= bound``
+    (it clips the interval lines; ``tight`` then keeps a plane only when it is exact at the
+    clipped extreme)."""
     strategy = check_strategy(strategy)
     shape = np.broadcast_shapes(tuple(lx.shape), tuple(ly.shape))
     lx, ux, ly, uy = (bk.broadcast_to(v, shape) + 0 for v in (lx, ux, ly, uy))
@@ -58,6 +60,8 @@ def mccormick(bk, lx, ux, ly, uy, strategy, dtype):
     lx, ux, ly, uy = bk.minimum(lx, ux), bk.maximum(lx, ux), bk.minimum(ly, uy), bk.maximum(ly, uy)
     with np.errstate(all="ignore"):
         lo, hi = corner_range(bk, lx, ux, ly, uy)
+        if bound is not None:
+            lo, hi = clip_range(bk, lo, hi, bound)
         zero = lx * 0
         if strategy == "constant":
             return zero, zero, lo, zero, zero, hi
@@ -94,6 +98,11 @@ def mccormick(bk, lx, ux, ly, uy, strategy, dtype):
         return aL, bL, cL, aU, bU, cU
 
 
+def clip_range(bk, lo, hi, bound):
+    """``[lo, hi]`` intersected with ``[-bound, bound]``."""
+    return bk.maximum(lo, -bound), bk.minimum(hi, bound)
+
+
 def unbroadcast(bk, A, shape, lead: int):
     """Sum ``A (*lead axes, *full)`` over the axes where ``shape`` has 1 and ``full`` not
     (keeping them) -> ``(*lead axes, *shape)``."""
@@ -110,7 +119,9 @@ def _through(bk, A, a_lo, a_hi, upper):
 
 @register
 class Mul(OpRule):
-    """``y = a * b`` for two computed tensors (broadcasting between their sample shapes)."""
+    """``y = a * b`` for two computed tensors (broadcasting between their sample shapes).
+    attrs ``bound`` (optional): a proven ``|y| <= bound`` (LayerNormalization's normalised
+    values, see :mod:`.layernorm`)."""
 
     op = "Mul"
     mixes = True
@@ -121,11 +132,13 @@ class Mul(OpRule):
 
     def interval(self, bk, node, *bounds):
         (la, ua), (lb, ub) = bounds
-        return corner_range(bk, la, ua, lb, ub)
+        lo, hi = corner_range(bk, la, ua, lb, ub)
+        bound = node.attrs.get("bound")
+        return (lo, hi) if bound is None else clip_range(bk, lo, hi, bound)
 
     def relax(self, bk, node, bounds, strategy):
         (la, ua), (lb, ub) = bounds
-        return mccormick(bk, la, ua, lb, ub, strategy, la.dtype)
+        return mccormick(bk, la, ua, lb, ub, strategy, la.dtype, node.attrs.get("bound"))
 
     def forward_linear(self, bk, node, relax, maps):
         aL, bL, cL, aU, bU, cU = relax
