@@ -148,3 +148,17 @@ def _log_softmax(seed):
 
 
 BUILDERS["log_softmax_axis1"] = _log_softmax
+
+
+def _gelu_erf_form(seed, n=4, h=6):
+    """GELU as torch exports it below opset 20: ``x * 0.5 * (1 + erf(x / sqrt 2))`` (Div, Erf,
+    Add, Mul by a computed tensor, Mul)."""
+    b = Builder(seed, (n,), opset=13)
+    z = _mm(b, "x", n, h, 1.5)
+    e = b.node("Erf", [b.node("Div", [z, b.const(np.array(np.sqrt(2.0), np.float32))])])
+    g = b.node("Mul", [b.node("Mul", [z, b.node("Add", [e, b.const(np.array(1.0, np.float32))])]),
+                       b.const(np.array(0.5, np.float32))])
+    return _finish(b, _mm(b, g, h, 3), 13), (-1.0, 1.0), 0.1
+
+
+BUILDERS["gelu_erf_form"] = _gelu_erf_form

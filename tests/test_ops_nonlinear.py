@@ -23,6 +23,7 @@ from onnxverify.ops import REGISTRY
 from onnxverify.verify.attack import value_and_grad
 
 import nonlinear_nets as nn_
+from conftest import torch_available
 
 NP = get_backend("numpy")
 LINEAR = ("lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-1")
@@ -145,3 +146,17 @@ def test_layernorm_pattern_with_reducemean_imports_and_is_sound():
     ys = sampled(net, ort, box, rng)
     for method in ("ibp", "crown"):
         inside(ys, net.bounds(box, method=method, dtype=np.float64, intersect_ibp=False))
+
+
+@pytest.mark.skipif(not torch_available(), reason="torch not installed")
+@pytest.mark.parametrize("name", ["transformer", "trig", "chain_elu_gelu"])
+def test_torch_backend_gives_the_numpy_bounds(name):
+    """Same rules on torch (its erf is exact; ours is within 8.4e-8 plus the lines' margin)."""
+    net, _, box, _ = _case(name)
+    to_np = get_backend("torch").to_numpy
+    for method in ("ibp", "lbp", "crown"):
+        a = net.bounds(box, method=method, dtype=np.float64)
+        b = net.bounds(box, method=method, dtype=np.float64, backend="torch")
+        scale = 1e-6 * (1 + np.abs(np.asarray(a.upper)).max())
+        np.testing.assert_allclose(np.asarray(to_np(b.lower)), np.asarray(a.lower), rtol=0, atol=scale)
+        np.testing.assert_allclose(np.asarray(to_np(b.upper)), np.asarray(a.upper), rtol=0, atol=scale)

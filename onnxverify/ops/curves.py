@@ -44,12 +44,11 @@ NEWTON = 8  # safeguarded Newton steps for one (quadratic convergence from the b
 
 
 def eps_of(dtype) -> float:
-    try:
-        return float(np.finfo(dtype).eps)
-    except TypeError:  # a torch dtype
+    if type(dtype).__module__.startswith("torch"):  # a torch dtype
         import torch
 
         return float(torch.finfo(dtype).eps)
+    return float(np.finfo(dtype).eps)
 
 
 def clip(bk, z, l, u):
