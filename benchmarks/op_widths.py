@@ -10,8 +10,8 @@ small net with the Softmax op (imported as ``1 / sum exp(x_j - x_i)``) and with
 L-inf box; the width is the mean over outputs and centres of ``upper - lower``; the sampled
 range (uniform points, corners and PGD points, onnxruntime) is a lower bound of the true
 range, so ``width / sampled`` >= 1 and closer to 1 is tighter. Strategy: adaptive (and
-tight for the CROWN row). Times are wall seconds of one bound call (no lock needed for
-widths; run under ``flock /work/bench.lock`` when the times matter).
+tight for the CROWN row). float64. Times are wall seconds of one bound call, indicative
+only (the widths are the point; run under ``flock /work/bench.lock`` when times matter).
 
     python benchmarks/op_widths.py                  # prints the table
     python benchmarks/op_widths.py --json benchmarks/results/op_widths.json
@@ -85,7 +85,8 @@ def main(argv=None):
               f"{r['vs_sampled']:11.2f} {r['seconds']:6.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "command": "python benchmarks/op_widths.py --json "
-                                               + args.json}, indent=1) + "\n")
+                                               + args.json, "note": "seconds: indicative (shared machine, no lock)"},
+                                              indent=1) + "\n")
 
 
 if __name__ == "__main__":
