@@ -89,7 +89,8 @@ class Linear(AffineRule):
                 source=label)
 
     @onnx_op("MatMul", since=1, examples=(Example(((2, 5), _W)), Example(((1, 3, 5), _W)),
-                                          Example(((2, 3, 4), (2, 4, 5))), Example(((1, 2, 3, 4), (1, 2, 4, 3)), low=-1.0)))
+                                          Example(((2, 3, 4), (2, 4, 5))), Example(((1, 2, 3, 4), (1, 2, 4, 3)), low=-1.0),
+                                          Example(((2, 2, 3, 4), (2, 1, 4, 5)))))
     def convert_matmul(self, ctx, node, attrs, label):
         a, b = node.input
         if not ctx.is_const(a) and not ctx.is_const(b):  # two computed tensors (ops/products.py)
