@@ -84,14 +84,8 @@ def _ordered(outer, inner, slack=1e-5):
     assert (inner.upper <= outer.upper + tol).all(), np.max(inner.upper - outer.upper)
 
 
-# Linear.adjoint_rows (unit-row starts, ops/linear.py, owned by the engine work) indexes the
-# weight by the flat neuron index: wrong for a Linear on a (S, D) sample (the transformer's)
-_ROWS_BUG = pytest.mark.xfail(strict=True, raises=IndexError,
-                              reason="Linear.adjoint_rows assumes a 1-D sample (ops/linear.py, engine work)")
-
-
 def _nets(*extra):
-    return [pytest.param(n, marks=_ROWS_BUG) if n == "transformer" else n for n in (extra or sorted(nn_.BUILDERS))]
+    return list(extra or sorted(nn_.BUILDERS))
 
 
 def _case(name, seed=0):

@@ -47,7 +47,11 @@ class Linear(AffineRule):
         return [bk.matmul(A, bk.const(node.params["weight"], A.dtype))]
 
     def adjoint_rows(self, bk, node, idx, in_shapes, dtype):
-        """Unit rows through the transpose are rows of the weight: a gather, no product."""
+        """Unit rows through the transpose are rows of the weight: a gather, no product. Only
+        for a 1-D sample ``(in,)``: on ``(S, in)`` (a token axis) a flat neuron index mixes the
+        token and the output feature, so the engine's one-hot path is used (None)."""
+        if len(in_shapes[0]) != 1:
+            return None
         w = bk.const(node.params["weight"], dtype)
         return [w[bk.asarray(idx)]]
 
