@@ -26,7 +26,7 @@ from ..errors import InputError, MemoryLimitError
 from ..ops import DEFAULT_STRATEGY, STRATEGIES, rule_of
 from .engine import LinearEngine
 from .passes import backward_undecided, chunked_backward, default_max_memory, gb, itemsize
-from .plan import plan_of
+from .plan import exact_by_ibp, plan_of
 
 METHODS = ("ibp", "lbp", "crown-ibp", "crown-lbp", "crown", "relaxed-crown-V", "alpha-crown")
 
@@ -157,35 +157,3 @@ def run_linear_method(graph, input_set, method, C, strategy, bk, dtype, ibp_env,
     out = graph[graph.output]
     lam = bk.reshape(bk.asarray(C, dtype=dtype), (eng.B, C.shape[1]) + tuple(out.shape))
     return chunked_backward(eng, graph.output, lam, eng.out_depth, eng.max_memory, eng.itemsize)
-
-
-def exact_by_ibp(graph) -> set:
-    """Nodes of the affine prefix that IBP bounds exactly for any input box (and the l_p
-    prefix bounds are exact by the dual norm): every path from the input crosses at most
-    one rule that mixes positions (elementwise affine maps, reshapes, transposes, pads and
-    concatenations map boxes to boxes exactly)."""
-    from .affine_maps import affine_prefix
-
-    mixes = {graph.input.name: 0}
-    for name in affine_prefix(graph):
-        node = graph[name]
-        mixes[name] = max(mixes[i] for i in node.inputs) + int(rule_of(node).mixes)
-    return {n for n, m in mixes.items() if m <= 1 and n != graph.input.name}
-
-
-def _output_cut_nodes(graph, needs, depth):
-    """Bound nodes where the output pass of depth ``depth`` substitutes forward maps."""
-    if depth is None:
-        return set()
-    dist, cuts = {graph.output: 0}, set()
-    for n in graph.reversed_from(graph.output):
-        if n.name not in dist:
-            continue
-        d = dist[n.name]
-        if d >= depth and n.name in needs:
-            cuts.add(n.name)
-            continue
-        step = 0 if (n is graph.input or rule_of(n).affine) else 1
-        for i in n.inputs:
-            dist[i] = max(dist.get(i, 0), d + step)
-    return cuts

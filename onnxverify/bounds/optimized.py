@@ -32,6 +32,7 @@ from .backward import backward
 from .engine import LinearEngine
 from .ibp import interval_bounds
 from .passes import bound_nodes, default_max_memory, gb, itemsize, undecided_mask
+from .plan import exact_by_ibp
 
 __all__ = ["AlphaResult", "Adam", "alpha_crown", "torch_backend", "optimizable", "alpha_relax", "init_alphas",
            "clamp_alphas", "row_index"]
@@ -162,8 +163,6 @@ class _Plan:
     bounds only tighten, so the undecided neurons of later iterations are among them)."""
 
     def __init__(self, graph):
-        from .methods import exact_by_ibp
-
         self.needs = set(bound_nodes(graph))
         self.exact = exact_by_ibp(graph)
         self.rows: dict = {}  # name -> one-hot (B, K, N) as a torch tensor, or None

@@ -19,6 +19,7 @@ import weakref
 import numpy as np
 
 from ..ops import rule_of
+from .affine_maps import affine_prefix
 
 _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -36,8 +37,6 @@ class Plan:
     docstring). Everything is computed lazily and cached."""
 
     def __init__(self, graph):
-        from .methods import exact_by_ibp  # methods imports this module
-
         self.graph = graph
         self.rules = {n.name: rule_of(n) for n in graph.computed}
         need = {i for n in graph.computed if not self.rules[n.name].affine for i in n.inputs}
@@ -71,9 +70,7 @@ class Plan:
         """Bound nodes where an output pass of ``depth`` substitutes forward maps."""
         key = (frozenset(needs), depth)
         if key not in self._cuts:
-            from .methods import _output_cut_nodes
-
-            self._cuts[key] = frozenset(_output_cut_nodes(self.graph, set(needs), depth))
+            self._cuts[key] = frozenset(output_cut_nodes(self.graph, set(needs), depth))
         return set(self._cuts[key])
 
     def offset(self, bk, name: str, dtype):
@@ -90,3 +87,33 @@ class Plan:
         if cacheable:
             self._offsets[key] = (params, value)
         return value
+
+
+def exact_by_ibp(graph) -> set:
+    """Nodes of the affine prefix that IBP bounds exactly for any input box (and the l_p
+    prefix bounds are exact by the dual norm): every path from the input crosses at most
+    one rule that mixes positions (elementwise affine maps, reshapes, transposes, pads and
+    concatenations map boxes to boxes exactly)."""
+    mixes = {graph.input.name: 0}
+    for name in affine_prefix(graph):
+        node = graph[name]
+        mixes[name] = max(mixes[i] for i in node.inputs) + int(rule_of(node).mixes)
+    return {n for n, m in mixes.items() if m <= 1 and n != graph.input.name}
+
+
+def output_cut_nodes(graph, needs, depth):
+    """Bound nodes where the output pass of depth ``depth`` substitutes forward maps."""
+    if depth is None:
+        return set()
+    dist, cuts = {graph.output: 0}, set()
+    for n in graph.reversed_from(graph.output):
+        if n.name not in dist:
+            continue
+        d = dist[n.name]
+        if d >= depth and n.name in needs:
+            cuts.add(n.name)
+            continue
+        step = 0 if (n is graph.input or rule_of(n).affine) else 1
+        for i in n.inputs:
+            dist[i] = max(dist.get(i, 0), d + step)
+    return cuts

@@ -103,7 +103,7 @@ def _inputs(model):
     """The importer's reading of the inputs; a model it refuses (non-float or non-static
     inputs) keeps onnxruntime's own first input, taken as batched."""
     from ..errors import ModelError
-    from .importer import GraphInput, graph_inputs
+    from .graph_io import GraphInput, graph_inputs
 
     try:
         return graph_inputs(model)

@@ -60,6 +60,6 @@ def check_unbatched(model: onnx.ModelProto, graph, ctx, inputs, seed: int = 0) -
 
 
 def _ordered(model):
-    from .importer import _toposort
+    from .graph_io import toposort
 
-    return _toposort(model.graph)
+    return toposort(model.graph)
