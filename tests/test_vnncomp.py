@@ -198,6 +198,7 @@ def test_soundness_on_benchmark_sample(tmp_path):
     res = run_instances([([i for i, _ in v], str(tmp_path / b)) for b, v in groups.items()], timeout_cap=4,
                         workers=2, progress=False)
     ours = {b: {(row["onnx"], row["vnnlib"]): row["result"] for row in res[str(tmp_path / b)]} for b in groups}
+    reasons = {(b, (row["onnx"], row["vnnlib"])): row.get("reason", "") for b in groups for row in res[str(tmp_path / b)]}
     # expected-sat picks the 4 s cap cut short (a loaded machine) get one longer try, so the
     # count below measures the attack, not the machine's load
     slow = {b: [i for i, r in v if r["expected"] == "sat" and ours[b][i.key] in ("timeout", "unknown")]
@@ -212,7 +213,7 @@ def test_soundness_on_benchmark_sample(tmp_path):
     for b, v in groups.items():
         for inst, r in v:
             verdict = ours[b][inst.key]
-            assert verdict != "error", (b, inst.key)
+            assert verdict != "error", (b, inst.key, reasons.get((b, inst.key)))
             assert not (verdict == "unsat" and r["expected"] == "sat"), (b, inst.key)
             if verdict == "sat":
                 n_sat += 1

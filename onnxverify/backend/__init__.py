@@ -6,6 +6,8 @@ imported only when asked for.
 """
 from __future__ import annotations
 
+import sys
+
 from ..errors import BackendError
 from . import threads
 from .arrays import NUMPY, ArrayModuleBackend
@@ -31,7 +33,7 @@ def get_backend(name: str | Backend | None = "numpy") -> Backend:
         return _BACKENDS[name]
     if name.startswith("torch"):
         try:
-            import torch  # noqa: F401
+            _import_torch()
         except ImportError as e:
             raise BackendError("backend 'torch' needs torch: pip install 'onnxverify[train]'") from e
         device = name.split(":", 1)[1] if ":" in name else None
@@ -51,3 +53,24 @@ def get_backend(name: str | Backend | None = "numpy") -> Backend:
         _BACKENDS[name] = ArrayModuleBackend(cupy, "cupy")
         return _BACKENDS[name]
     raise BackendError(f"unknown backend {name!r}: choose numpy, torch, torch:cuda, cupy or auto")
+
+
+def _import_torch():
+    """``import torch`` that a deadline alarm cannot cut short: SIGALRM (verify's time limit)
+    is held back in the main thread during the import and delivered right after. An import
+    interrupted half-way leaves a partially initialised ``torch`` in ``sys.modules``, and every
+    later instance of a suite worker then fails with "partially initialized module 'torch'"
+    (the NumPy backend imports torch mid-run for its conv kernels)."""
+    import signal
+    import threading
+
+    if "torch" in sys.modules:
+        return
+    hold = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    if hold:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        import torch  # noqa: F401
+    finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
