@@ -64,7 +64,7 @@ def _import_torch():
     import signal
     import threading
 
-    if "torch" in sys.modules:
+    if sys.modules.get("torch") is not None:  # (None there means: blocked, import raises)
         return
     hold = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
     if hold:
