@@ -84,9 +84,7 @@ def _torch_ready(s) -> bool:
     with SIGALRM held back (an import cut off half way would leave a broken torch in this
     worker for its next instances); False when too little time is left to try. Raises
     :class:`~onnxverify.errors.BackendError` when torch is missing."""
-    import signal
     import sys
-    import threading
 
     from ..bounds.optimized import torch_backend
 
@@ -95,14 +93,7 @@ def _torch_ready(s) -> bool:
         return True
     if s.remaining() < TORCH_IMPORT_S:
         return False
-    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
-    if main:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    try:
-        torch_backend()
-    finally:
-        if main:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    torch_backend()  # the backend imports torch with the deadline alarm held back
     return True
 
 
