@@ -6,7 +6,8 @@ The networks are the seeded builders of tests/nonlinear_nets.py (shared with the
 Softmax, residual, decomposed LayerNorm, Gelu MLP, residual, 3 outputs), ``trig`` (``Sin *
 Cos`` product, ``Exp``, quotient by ``1 + |W x|``), and, for the two Softmax forms, the same
 small net with the Softmax op (imported as ``1 / sum exp(x_j - x_i)``) and with
-``exp(z) * (1 / sum exp(z))`` written out (a product). For each, 4 seeded centres and an
+``exp(z) * (1 / sum exp(z))`` written out (a product), and two index heads after a ReLU MLP
+(TopK with both outputs, ArgMax -> OneHot). For each, 4 seeded centres and an
 L-inf box; the width is the mean over outputs and centres of ``upper - lower``; the sampled
 range (uniform points, corners and PGD points, onnxruntime) is a lower bound of the true
 range, so ``width / sampled`` >= 1 and closer to 1 is tighter. Strategy: adaptive (and
@@ -35,6 +36,7 @@ from onnxverify.onnx.importer import import_model  # noqa: E402
 from onnxverify.onnx.reference import OrtModel  # noqa: E402
 
 import nonlinear_nets as nn_  # noqa: E402
+import test_ops_index_heads as heads  # noqa: E402
 from test_ops_nonlinear import sampled  # noqa: E402
 
 ROWS = [("ibp", None), ("lbp", "adaptive"), ("crown-ibp", "adaptive"), ("crown-lbp", "adaptive"),
@@ -46,6 +48,10 @@ NETS = {
     "softmax-decomposed": lambda s: nn_.softmax_net(s, "decomposed"),  # exp(z) * (1 / sum exp(z))
     "layernorm-17": lambda s: nn_.layernorm_net(s, form="op17"),
     "layernorm-decomposed": lambda s: nn_.layernorm_net(s, form="decomposed"),
+    # index heads after a ReLU MLP (tests/test_ops_index_heads.py): TopK k=3 (3 values, then 3
+    # indices) and ArgMax -> OneHot (5 codes in {-1, 2})
+    "topk-head": lambda s: (heads.topk_head(s)[0], (0.0, 1.0), 0.02),
+    "onehot-head": lambda s: (heads.onehot_head(s)[0], (0.0, 1.0), 0.02),
 }
 
 

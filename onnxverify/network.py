@@ -155,16 +155,28 @@ class Network:
                            rtol, atol, worst)
 
     def without_index_output(self):
-        """``(network, node)``: when the output is an index (a rule with ``index_output``, e.g.
-        ArgMax after the logits), the network up to that node's input and the node; else
-        ``(self, None)``. The CLI bounds the logits, not the index."""
+        """``(network, nodes)``: when the output is an index or a code of one (rules with
+        ``index_output``: ArgMax, TopK's indices, OneHot after an ArgMax), the network up to
+        the input of the first such node, and those nodes, outermost first; else
+        ``(self, ())``. The CLI bounds the logits, not the index."""
         from .ops import rule_of
 
-        out = self.graph[self.graph.output]
-        if not getattr(rule_of(out), "index_output", False):
-            return self, None
-        keep = self.graph.ancestors(out.inputs[0])
-        return Network(Graph([n for n in self.graph.nodes if n.name in keep], out.inputs[0]), self.path), out
+        out, stripped = self.graph[self.graph.output], []
+        while getattr(rule_of(out), "index_output", False) and self.graph[out.inputs[0]] is not self.graph.input:
+            stripped.append(out)
+            out = self.graph[out.inputs[0]]
+        if not stripped:
+            return self, ()
+        keep = self.graph.ancestors(out.name)
+        return Network(Graph([n for n in self.graph.nodes if n.name in keep], out.name), self.path), tuple(stripped)
+
+    def index_output_parts(self):
+        """``[(node, start, stop)]``: the flat output positions (``Y_start .. Y_stop-1``) that
+        are indices, each with the node computing them (see
+        :func:`onnxverify.ops.modelio.index_parts`)."""
+        from .ops.modelio import index_parts
+
+        return index_parts(self.graph)
 
     def __repr__(self):
         name = os.path.basename(self.path) if self.path else "<model>"

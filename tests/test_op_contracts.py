@@ -86,7 +86,8 @@ def build_model(conv, ex: Example, opset: int):
         else:
             inits.append(numpy_helper.from_array(np.asarray(v), f"c{i}"))
             names.append(f"c{i}")
-    nodes.append(helper.make_node(conv.op_type, names, ["y"], name="under_test", domain=conv.domain, **ex.attrs))
+    outs = ["y" if k == ex.output else f"y_other{k}" for k in range(ex.outputs)]
+    nodes.append(helper.make_node(conv.op_type, names, outs, name="under_test", domain=conv.domain, **ex.attrs))
     graph = helper.make_graph(nodes, "contract", [graph_in], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               inits)
     imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(conv.domain, conv.since)] if conv.domain else [])

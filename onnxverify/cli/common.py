@@ -174,6 +174,22 @@ def load_network(path):
     return load(path)
 
 
+def bounded_part(net):
+    """The network whose outputs ``bounds`` / ``compare`` bound: without an index head
+    (ArgMax, TopK indices, OneHot of an index), which gets one note line naming its nodes;
+    a model whose outputs include indices among values gets a note naming those outputs."""
+    part, nodes = net.without_index_output()
+    if nodes:
+        chain = " of ".join(f"node {n.source or n.name} ({n.op})" for n in nodes)
+        click.echo(f"note: the output is an index ({chain}); bounds are computed for its input "
+                   f"{nodes[-1].inputs[0]}, sample shape {part.output_shape}", err=True)
+        return part
+    for node, start, stop in net.index_output_parts():
+        click.echo(f"note: outputs Y_{start}..Y_{stop - 1} are indices (node {node.source or node.name}, {node.op}): "
+                   "their bounds are ranges of indices", err=True)
+    return net
+
+
 def load_input(path, net):
     """A ``.npy`` file as ``(batch, *net.input_shape)`` float32 (see ``Network.prepare_input``
     for the shapes accepted)."""

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from ..report.tables import format_table
-from .common import (BUNDLED_DIR, BUNDLED_INPUT, BUNDLED_MODEL, check_backend, check_eps, check_memory,
+from .common import (BUNDLED_DIR, BUNDLED_INPUT, BUNDLED_MODEL, bounded_part, check_backend, check_eps, check_memory,
                      check_plot_dependency, friendly_errors, load_input, load_network)
 
 
@@ -84,11 +84,7 @@ def bounds(model, input_path, eps, norm, clip, label, method, strategy, backend,
     if input_path is None or eps is None:
         raise InputError("--input and --eps are required (or give no MODEL for the bundled example)")
     check_eps(eps)
-    net, index_node = load_network(model).without_index_output()
-    if index_node is not None:
-        click.echo(f"note: the output is an index (node {index_node.source or index_node.name}, {index_node.op}); "
-                   f"bounds are computed for its input {index_node.inputs[0]}, sample shape {net.output_shape}",
-                   err=True)
+    net = bounded_part(load_network(model))
     x = load_input(input_path, net)
     spec = margin_spec([label] * x.shape[0], net.n_outputs) if label is not None else None
     iset = make_input_set(x, eps, norm, tuple(clip) if clip else None)
@@ -159,7 +155,7 @@ def compare(model, input_path, eps, norm, clip, label, max_memory, plot_path, pl
             raise InputError("--plot-eps is empty")
         for e in eps_values:
             check_eps(e, "--plot-eps")
-    net = load_network(model)
+    net = bounded_part(load_network(model))
     x = load_input(input_path, net)
     labels = [label] * x.shape[0] if label is not None else net.forward(x).reshape(x.shape[0], -1).argmax(1)
     spec = margin_spec(labels, net.n_outputs)

@@ -54,6 +54,8 @@ class Example:
     array (a constant initializer), or None (an omitted optional input). ``attrs``: the ONNX
     attributes. ``low``/``high``: the range of computed inputs. ``opsets``: the opset versions
     to build it at (default: the converter's first version, clipped to 8..21, and 21).
+    ``outputs``: the node's number of outputs (TopK has two); ``output``: the one that is the
+    model's output.
     """
 
     inputs: tuple
@@ -61,6 +63,8 @@ class Example:
     low: float = -2.0
     high: float = 2.0
     opsets: tuple | None = None
+    outputs: int = 1
+    output: int = 0
 
 
 def onnx_op(op_type: str, since: int = 1, domain: str = "", examples=(), yields_constant: bool = False):

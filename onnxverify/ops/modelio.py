@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .registry import rule_of
+
 
 def split_flat_input(ctx, flat_ir: str, parts, label: str = "graph input") -> None:
     """``parts``: ``(onnx_name, sample_shape)`` in declaration order; ``flat_ir`` the IR input
@@ -33,3 +35,26 @@ def concat_flat_outputs(ctx, names, out_name: str, label: str = "graph outputs")
         n = int(np.prod(ctx.probes[ir].shape[1:], dtype=np.int64))
         flats.append(ctx.add(name + "/flat", "Reshape", [ir], source=label, shape=(n,)))
     return ctx.add(out_name, "Concat", flats, attrs={"axis": 0}, source=label)
+
+
+def index_parts(graph):
+    """``[(node, start, stop)]``: the flat output positions that are indices (a rule with
+    ``index_output``), each with its node: the whole output when the output node is one, or
+    the parts of the :func:`concat_flat_outputs` concatenation that are."""
+    def is_index(node):
+        return getattr(rule_of(node), "index_output", False)
+
+    out = graph[graph.output]
+    size = lambda node: int(np.prod(node.shape, dtype=np.int64))  # noqa: E731
+    if is_index(out):
+        return [(out, 0, size(out))]
+    if not out.source.startswith("graph outputs") or out.op != "Concat":
+        return []
+    parts, start = [], 0
+    for name in out.inputs:
+        flat = graph[name]
+        inner = graph[flat.inputs[0]] if flat.op == "Reshape" else flat
+        if is_index(inner):
+            parts.append((inner, start, start + size(flat)))
+        start += size(flat)
+    return parts

@@ -1,0 +1,52 @@
+"""Rules whose linear steps are constant lines at their own interval.
+
+For ops whose output is piecewise constant in the input (an index, a one-hot code), the
+sound linear relaxation with the least work is the pair of horizontal lines through the
+interval the rule computes: ``lower <= y <= upper`` with zero coefficients on the input. The
+linear methods then reproduce the interval bound of the node, which is the best any line
+can do where the output jumps. Such outputs are usually not what one bounds: the CLI
+bounds the tensor before them (``index_output``, see
+:meth:`onnxverify.network.Network.without_index_output`).
+"""
+from __future__ import annotations
+
+from .base import Maps, OpRule
+
+
+class RangeRule(OpRule):
+    """A rule whose relaxation is its interval: subclasses give ``forward`` and ``interval``."""
+
+    mixes = True
+
+    def relax(self, bk, node, bounds, strategy):
+        """``(lower, upper)`` of the output, ``(B, *node.shape)``: the constant lines."""
+        return self.interval(bk, node, *bounds)
+
+    def forward_linear(self, bk, node, relax, maps):
+        lo, hi = relax
+        m = maps[0]
+        k = bk.zeros((m.Lk.shape[0], m.Lk.shape[1]) + tuple(node.shape), dtype=m.Lk.dtype, like=m.Lk)
+        return Maps(k, lo, k, hi)
+
+    def backward_linear(self, bk, node, step, AL, AU):
+        """Zero coefficients on every input; biases ``(B, K)``: each row's coefficients
+        against the end of the range on its side."""
+        lo, hi = step.relax
+        B, K = AL.shape[:2]
+        lo_, hi_ = bk.reshape(lo, (B, 1, -1)), bk.reshape(hi, (B, 1, -1))
+
+        def side(A, small, big):
+            if A is None:
+                return None, None
+            A = bk.reshape(A, (B, K, -1))
+            bias = bk.sum(bk.pos(A) * small + bk.neg(A) * big, axis=2)
+            return [bk.zeros((B, K) + tuple(s), dtype=A.dtype, like=A) for s in step.in_shapes], bias
+
+        new_l, bias_l = side(AL, lo_, hi_)
+        new_u, bias_u = side(AU, hi_, lo_)
+        n_in = len(step.in_shapes)
+        return ([(None if new_l is None else new_l[i], None if new_u is None else new_u[i]) for i in range(n_in)],
+                (bias_l, bias_u))
+
+    def vjp(self, bk, node, g, xs, y):
+        return [x * 0 for x in xs]
