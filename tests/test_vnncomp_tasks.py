@@ -11,7 +11,7 @@ so it imports as little as possible). It holds no tests.
 * ``killworker*``: record this process's pid in ``<folder>/killworker.pids``, where the
   property file's text names the folder, kill the Ray worker running it (``worker_pid``),
   then hang (the orphaned child must take itself down);
-* ``pidhang*``: record this process's pid in ``<folder>/pidhang.pids``, then hang;
+* ``pidhang*``: record this process's pid in ``<folder>/pidhang.pids``, then hang (600 s);
 * anything else: ``unknown`` at once.
 
 The message says ``timeout=<t>`` so that tests see the timeout a task got.
@@ -50,7 +50,7 @@ def fake_task(task, quick=False):
                 f.write(f"{os.getpid()}\n")
             if kind == "killworker":
                 os.kill(task["worker_pid"], signal.SIGKILL)
-            time.sleep(60)
+            time.sleep(60 if kind == "killworker" else 600)  # pidhang: only a timeout or a cancel ends it
     return {"result": "unknown", "time": 0.01, "log": [{"step": "fake"}], "message": f"timeout={task['timeout']}"}
 
 
