@@ -19,7 +19,6 @@ Writes ``OUT/summary.json``, ``OUT/rows.csv`` and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's onnxverify
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _summary import write_summary  # noqa: E402
 from vnncomp import DEFAULT_BENCH, VERDICTS, load_ground_truth, recheck  # noqa: E402
 
 #: steps of the complete search (the rest are the incomplete cascade, attacks, bisection)
@@ -160,15 +160,9 @@ def main(argv=None):
     print(format_table(headers, table))
     print(f"cap {args.cap:g} s, {args.per_family} per family (seed {args.seed}), {args.workers} worker(s), "
           f"wall {wall:.0f} s, load average {load_start} -> {load_end}; results in {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "summary.json", "w") as f:
-        json.dump({"cap_s": args.cap, "per_family": args.per_family, "seed": args.seed, "workers": args.workers,
-                   "wall_s": round(wall, 1), "load_average_start": load_start, "load_average_end": load_end,
-                   "benchmarks": summary, "total": tot}, f, indent=1)
-    with open(out / "rows.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows_out[0]) if rows_out else ["benchmark"])
-        w.writeheader()
-        w.writerows(rows_out)
+    write_summary(out, {"cap_s": args.cap, "per_family": args.per_family, "seed": args.seed, "workers": args.workers,
+                        "wall_s": round(wall, 1), "load_average_start": load_start, "load_average_end": load_end},
+                  summary, tot, rows_out, csv_name="rows.csv")
     return 1 if tot["unsound"] else 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import sys
@@ -28,6 +27,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from _summary import write_summary  # benchmarks/ (the script's folder) is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BENCH = REPO.parent / "shared" / "benchmarks"
@@ -178,14 +179,8 @@ def main(argv=None):
     print(format_table(headers, table))
     where = f"{args.workers} worker(s)" if args.engine == "local" else f"ray ({args.address or 'default address'})"
     print(f"cap {args.cap:g} s, {where}, wall {wall:.0f} s; results in {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "summary.json", "w") as f:
-        json.dump({"cap_s": args.cap, "workers": args.workers, "engine": args.engine, "sample": args.sample, "wall_s": round(wall, 1),
-                   "benchmarks": summary, "total": tot}, f, indent=1)
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows_out[0]) if rows_out else ["benchmark"])
-        w.writeheader()
-        w.writerows(rows_out)
+    write_summary(out, {"cap_s": args.cap, "workers": args.workers, "engine": args.engine, "sample": args.sample,
+                        "wall_s": round(wall, 1)}, summary, tot, rows_out)
     return 1 if tot["unsound"] else 0
 
 
