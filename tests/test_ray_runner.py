@@ -160,10 +160,16 @@ def test_ctrl_c_stops_the_tasks_on_the_cluster(tmp_path, cluster):
         sent.append(time.monotonic())
         os.kill(os.getpid(), signal.SIGINT)
 
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored
+    # (and then Python installs no KeyboardInterrupt handler): give it the terminal's default
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_instances([(read_instances(csv_path), str(tmp_path / "out"))], progress=False, fn=fake_task,
-                      engine="ray")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_instances([(read_instances(csv_path), str(tmp_path / "out"))], progress=False, fn=fake_task,
+                          engine="ray")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - sent[0] < 30  # stopped soon after the interrupt, not at the instances' end
     pids = [int(x) for x in pid_file.read_text().split()]
     assert len(pids) == 2  # two instances ran (2 CPUs), one waited
