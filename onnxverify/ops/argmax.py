@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, Maps, OpRule, onnx_op
+from .base import Example, Maps, OpRule, each_side, onnx_op
+from .generic import line_bias
 from .importing import fail
 from .registry import register
 
@@ -69,21 +70,15 @@ class ArgMax(OpRule):
         return Maps(k, lo, k, hi)
 
     def backward_linear(self, bk, node, step, AL, AU):
-        lo, hi = step.relax
-        B, K = AL.shape[:2]
+        lo, hi = (v[:, None] for v in step.relax)  # (B, 1, *shape): lines shared by every row
         in_shape = tuple(step.in_shapes[0])
-        lo_, hi_ = bk.reshape(lo, (B, 1, -1)), bk.reshape(hi, (B, 1, -1))
-        new, biases = [], []
-        for s, A in enumerate((AL, AU)):
-            if A is None:
-                new.append(None)
-                biases.append(None)
-                continue
-            A = bk.reshape(A, (B, K, -1))
-            small, big = (lo_, hi_) if s == 0 else (hi_, lo_)
-            biases.append(bk.sum(bk.pos(A) * small + bk.neg(A) * big, axis=2))
-            new.append(bk.zeros((B, K) + in_shape, dtype=A.dtype, like=A))
-        return [tuple(new)], tuple(biases)
+
+        def side(A, upper):  # ElementwiseRule's constant term with zero slopes
+            small, big = (hi, lo) if upper else (lo, hi)
+            zero = bk.zeros(tuple(A.shape[:2]) + in_shape, dtype=A.dtype, like=A)
+            return [zero], line_bias(bk, A, small, big, per_row=False)
+
+        return each_side(AL, AU, side)
 
     def vjp(self, bk, node, g, xs, y):
         return [xs[0] * 0]

@@ -108,6 +108,19 @@ def unfold(bk, k, B: int, n0: int):
     return bk.reshape(k, (B, n0) + tuple(k.shape[1:]))
 
 
+# ---- backward steps ---------------------------------------------------------------------------------
+def each_side(AL, AU, side):
+    """The two passes of a backward step: ``side(A, upper)`` maps the coefficients ``A`` of the
+    lower (``upper=False``) or the upper bound to ``(coefficients, bias)`` -- ``coefficients``
+    one array per input of the op, ``bias`` ``(B, K)`` or None. A side whose ``A`` is None
+    stays None. Returns what :meth:`OpRule.backward_linear` returns: one ``(AL_i, AU_i)``
+    per input and ``(bias_L, bias_U)``."""
+    results = [None if A is None else side(A, s == 1) for s, A in enumerate((AL, AU))]
+    n = len(next(r for r in results if r is not None)[0])
+    coefs = [[None] * n if r is None else list(r[0]) for r in results]
+    return list(zip(*coefs)), tuple(None if r is None else r[1] for r in results)
+
+
 # ---- the protocol ---------------------------------------------------------------------------------
 class OpRule:
     """Base class of every rule. ``op`` is the IR op name the registry files it under."""

@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import math
 
-from .base import Maps, OpRule, check_strategy, unfold
+from .base import Maps, OpRule, check_strategy, each_side, unfold
 
 
 def flat(bk, a, lead: int):
     """Keep the first ``lead`` axes, flatten the rest."""
     return bk.reshape(a, tuple(a.shape[:lead]) + (-1,))
+
+
+def line_bias(bk, A, lo_b, hi_b, per_row: bool):
+    """The constant term ``(B, K)`` of coefficients ``A (B, K, *shape)`` through lines whose
+    intercepts are ``lo_b`` (met by ``pos(A)``) and ``hi_b`` (met by ``neg(A)``): ``sum pos(A)
+    lo_b + neg(A) hi_b``. Intercepts are ``(B, 1, *shape)`` (shared by every row) or, with
+    ``per_row``, ``(B, K, *shape)``."""
+    if per_row:
+        return bk.sum(flat(bk, A * lo_b + bk.neg(A) * (hi_b - lo_b), 2), axis=2)
+    Af = flat(bk, A, 2)
+    return (bk.einsum("bkn,bn->bk", Af, flat(bk, lo_b[:, 0], 1))
+            + bk.einsum("bkn,bn->bk", bk.neg(Af), flat(bk, (hi_b - lo_b)[:, 0], 1)))
 
 
 def window_bias(bk, A, const, win):
@@ -173,12 +185,11 @@ class ElementwiseRule(OpRule):
         return Maps(lo_k, pos(aL) * m.Lc + neg(aL) * m.Uc + bL, hi_k, pos(aU) * m.Uc + neg(aU) * m.Lc + bU)
 
     def backward_linear(self, bk, node, step, AL, AU):
-        new, biases = self._through_lines(bk, step.relax, AL, AU, None)
-        return [tuple(new)], biases
+        return self._through_lines(bk, step.relax, AL, AU, None)
 
     def backward_window(self, bk, node, step, AL, AU, win):
-        new, biases = self._through_lines(bk, step.relax, AL, AU, win)
-        return [(new[0], new[1], win)], biases
+        ((lo, hi),), biases = self._through_lines(bk, step.relax, AL, AU, win)
+        return [(lo, hi, win)], biases
 
     @staticmethod
     def _through_lines(bk, relax, AL, AU, win):
@@ -186,7 +197,8 @@ class ElementwiseRule(OpRule):
         ``neg(A)`` the upper one for a lower bound (mirrored for an upper bound).
 
         Lines are ``(B, *shape)`` (shared by every row) or ``(B, K, *shape)`` (one line per
-        row and neuron: optimised slopes, alpha-CROWN); ``win`` crops them to a window."""
+        row and neuron: optimised slopes, alpha-CROWN); ``win`` crops them to a window.
+        Returns ``[(AL', AU')], (bias_L, bias_U)`` as :meth:`OpRule.backward_linear` does."""
         per_row = relax[0].ndim == AL.ndim
 
         def view(v):
@@ -194,21 +206,12 @@ class ElementwiseRule(OpRule):
             return v if win is None else v[:, :, :, win[0]:win[1], win[2]:win[3]]
 
         aL, bL, aU, bU = (view(v) for v in relax)
-        new, biases = [], []
-        for s, A in enumerate((AL, AU)):
-            if A is None:
-                new.append(None)
-                biases.append(None)
-                continue
-            lo_a, lo_b, hi_a, hi_b = (aL, bL, aU, bU) if s == 0 else (aU, bU, aL, bL)
-            Af = flat(bk, A, 2)
-            if per_row:
-                biases.append(bk.sum(flat(bk, A * lo_b + bk.neg(A) * (hi_b - lo_b), 2), axis=2))
-            else:
-                biases.append(bk.einsum("bkn,bn->bk", Af, flat(bk, lo_b[:, 0], 1))
-                              + bk.einsum("bkn,bn->bk", bk.neg(Af), flat(bk, (hi_b - lo_b)[:, 0], 1)))
-            new.append(bk.line_backward(A, lo_a, hi_a))
-        return new, tuple(biases)
+
+        def side(A, upper):
+            lo_a, lo_b, hi_a, hi_b = (aU, bU, aL, bL) if upper else (aL, bL, aU, bU)
+            return [bk.line_backward(A, lo_a, hi_a)], line_bias(bk, A, lo_b, hi_b, per_row)
+
+        return each_side(AL, AU, side)
 
     def vjp(self, bk, node, g, xs, y):
         return [g * self.derivative(bk, node, xs[0], y)]

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Maps, OpRule, check_strategy
+from .base import Maps, OpRule, check_strategy, each_side
 from .curves import eps_of
 from .registry import register
 
@@ -154,18 +154,13 @@ class Mul(OpRule):
     def backward_linear(self, bk, node, step, AL, AU):
         aL, bL, cL, aU, bU, cU = (v[:, None] for v in step.relax)
         sa, sb = step.in_shapes
-        outs, biases = [], []
-        for s, A in enumerate((AL, AU)):
-            if A is None:
-                outs.append((None, None))
-                biases.append(None)
-                continue
-            up = s == 1
+
+        def side(A, up):
             ca = unbroadcast(bk, _through(bk, A, aL, aU, up), tuple(sa), 2)
             cb = unbroadcast(bk, _through(bk, A, bL, bU, up), tuple(sb), 2)
-            outs.append((ca, cb))
-            biases.append(bk.sum(bk.reshape(_through(bk, A, cL, cU, up), tuple(A.shape[:2]) + (-1,)), axis=2))
-        return [(outs[0][0], outs[1][0]), (outs[0][1], outs[1][1])], tuple(biases)
+            return (ca, cb), bk.sum(bk.reshape(_through(bk, A, cL, cU, up), tuple(A.shape[:2]) + (-1,)), axis=2)
+
+        return each_side(AL, AU, side)
 
     def vjp(self, bk, node, g, xs, y):
         a, b = xs
@@ -238,23 +233,19 @@ class MatMul(OpRule):
         sa, sb = (tuple(s) for s in step.in_shapes)
         lead = _lead(node.shape)
         B, R = AL.shape[:2]
-        outs, biases = [], []
-        for s, A in enumerate((AL, AU)):
-            if A is None:
-                outs.append((None, None))
-                biases.append(None)
-                continue
+
+        def side(A, upper):
             Af = bk.reshape(A, (B, R, -1) + tuple(node.shape[-2:]))  # (B, R, H, m, n)
             P, N = bk.pos(Af), bk.neg(Af)
-            (a1, a2, b1, b2, c1, c2) = (aU, aL, bU, bL, cU, cL) if s == 1 else (aL, aU, bL, bU, cL, cU)
+            (a1, a2, b1, b2, c1, c2) = (aU, aL, bU, bL, cU, cL) if upper else (aL, aU, bL, bU, cL, cU)
             ca = bk.einsum("brhmn,bhmkn->brhmk", P, a1) + bk.einsum("brhmn,bhmkn->brhmk", N, a2)
             cb = bk.einsum("brhmn,bhmkn->brhkn", P, b1) + bk.einsum("brhmn,bhmkn->brhkn", N, b2)
             bias = bk.einsum("brhmn,bhmn->br", P, c1) + bk.einsum("brhmn,bhmn->br", N, c2)
             ca = unbroadcast(bk, bk.reshape(ca, (B, R) + lead + sa[-2:]), sa, 2)
             cb = unbroadcast(bk, bk.reshape(cb, (B, R) + lead + sb[-2:]), sb, 2)
-            outs.append((ca, cb))
-            biases.append(bias)
-        return [(outs[0][0], outs[1][0]), (outs[0][1], outs[1][1])], tuple(biases)
+            return (ca, cb), bias
+
+        return each_side(AL, AU, side)
 
     def vjp(self, bk, node, g, xs, y):
         a, b = xs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, Maps, OpRule, onnx_op
+from .base import Example, Maps, OpRule, each_side, onnx_op
 from .generic import AffineRule
 from .importing import fail
 from .registry import register
@@ -197,21 +197,18 @@ class ReduceMax(OpRule):
         in_shape = tuple(step.in_shapes[0])
         B, K = AL.shape[:2]
         d, c = dec[:, None], const[:, None]  # (B, 1, n_kept)
-        new, biases = [], []
-        for s, A in enumerate((AL, AU)):
-            if A is None:
-                new.append(None)
-                biases.append(None)
-                continue
+
+        def side(A, upper):
             A = bk.reshape(A, (B, K, -1))
-            lower_part, upper_part = (bk.pos(A), bk.neg(A)) if s == 0 else (bk.neg(A), bk.pos(A))
+            lower_part, upper_part = (bk.neg(A), bk.pos(A)) if upper else (bk.pos(A), bk.neg(A))
             # the exact line is the lower one for max, the upper one for min
             exact, other = (lower_part, upper_part) if node.attrs["sign"] > 0 else (upper_part, lower_part)
             coef = exact + other * d
-            biases.append(bk.sum(other * (1 - d) * c, axis=2))
             spread = bk.reshape(coef[..., None] * select[:, None], (B * K,) + tuple(select.shape[1:]))
-            new.append(bk.reshape(from_rows(bk, spread, in_shape, node.attrs["axes"]), (B, K) + in_shape))
-        return [tuple(new)], tuple(biases)
+            return ([bk.reshape(from_rows(bk, spread, in_shape, node.attrs["axes"]), (B, K) + in_shape)],
+                    bk.sum(other * (1 - d) * c, axis=2))
+
+        return each_side(AL, AU, side)
 
     def vjp(self, bk, node, g, xs, y):
         x = xs[0]
