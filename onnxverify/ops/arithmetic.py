@@ -125,7 +125,7 @@ class Affine(AffineRule):
                 full = None
             if full is None:
                 fail(label, op, f"operands of shapes {sa} and {sb} do not broadcast (batch axes first)")
-            from .layernorm import broadcast_to  # repeat a size-1 axis (e.g. x - mean(x))
+            from .tile import broadcast_to  # repeat a size-1 axis (e.g. x - mean(x))
 
             ctx.add(node.output[0], op, [broadcast_to(ctx, a, full, label), broadcast_to(ctx, b, full, label)],
                     source=label)

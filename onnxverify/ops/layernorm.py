@@ -6,7 +6,7 @@ The converter emits ``Center`` (``c = x - mean(x)``, affine), ``Pow`` 2, ``AxisS
 (``c * v^-1/2``: McCormick, :mod:`.products`) and ``Affine`` (scale, bias). The older
 exporters' pattern ``ReduceMean / Sub / Pow / ReduceMean / Add / Sqrt / Div`` imports to the
 same kind of chain through the ordinary converters (``Sub`` with a broadcast operand goes
-through ``Broadcast`` below; ``Div`` by a computed tensor is ``Mul`` by its ``Reciprocal``),
+through ``Broadcast``, :mod:`.tile`; ``Div`` by a computed tensor is ``Mul`` by its ``Reciprocal``),
 so no fusion pass is needed: both forms are bounded by the same sound rules. The opset-17
 form's product carries the proven bound ``|y_i| <= sqrt(D - 1)`` of a normalised value
 (``c_i^2 <= (D - 1) var``, Cauchy-Schwarz on ``c_i = -sum_{j != i} c_j``), which clips the
@@ -15,8 +15,7 @@ interval where ``var`` may be near 0 (there ``1 / sqrt(var + eps)`` is huge). Me
 strategy is looser on the op (0.80 vs 0.72) because it keeps a McCormick plane only when
 the plane is exact at the clipped extreme (what Theorem 2 needs).
 
-Shapes: ``Center`` and ``Broadcast`` keep / set ``node.shape``; a ``Broadcast`` input has
-size 1 on the axes it is repeated along.
+Shapes: ``Center`` keeps ``node.shape``.
 """
 from __future__ import annotations
 
@@ -25,29 +24,8 @@ import numpy as np
 from .base import Example, onnx_op
 from .generic import AffineRule
 from .importing import fail
-from .products import unbroadcast
 from .registry import register
 from .softmax import add_axis_sum
-
-
-@register
-class Broadcast(AffineRule):
-    """``x`` repeated along the axes where its sample shape has 1 and ``node.shape`` not."""
-
-    op = "Broadcast"
-
-    def apply(self, bk, node, x, bias=True):
-        return bk.broadcast_to(x, (x.shape[0],) + tuple(node.shape)) + 0
-
-    def adjoint(self, bk, node, A, in_shapes):
-        return [unbroadcast(bk, A, tuple(in_shapes[0]), 1)]
-
-
-def broadcast_to(ctx, name, shape, label):
-    """IR name of ONNX tensor ``name`` broadcast to sample ``shape`` (itself when it has it)."""
-    if tuple(ctx.shape_of(name)) == tuple(shape):
-        return ctx.computed(name)
-    return ctx.add(name + "/broadcast", "Broadcast", [ctx.computed(name)], source=label, shape=tuple(shape))
 
 
 @register
