@@ -82,6 +82,18 @@ def onnx_op(op_type: str, since: int = 1, domain: str = "", examples=(), yields_
     return mark
 
 
+
+def unary_converter(op_type: str, since: int = 1, domain: str = "", examples=()):
+    """The converter of an ONNX op with one computed input and nothing else to read (no
+    attributes, no constants) that maps to the rule's own IR op: in the rule's class,
+    ``convert = unary_converter("Exp", examples=...)`` (marked as :func:`onnx_op` is)."""
+
+    @onnx_op(op_type, since=since, domain=domain, examples=examples)
+    def convert(self, ctx, node, attrs, label):
+        ctx.add(node.output[0], self.op, [ctx.computed(node.input[0])], source=label)
+
+    return convert
+
 # ---- forward maps ---------------------------------------------------------------------------------
 @dataclass
 class Maps:

@@ -310,3 +310,16 @@ def convex_slopes(rule, bk, node, l, u, strategy, upper, convex=True):
     else:
         t = l / 2 + u / 2
     return rule.df(bk, node, t)
+
+
+class BentCurve(CurveRule):
+    """An increasing ``f``, convex (``convex = True``) or concave on its whole domain: closed-form
+    lines (:func:`convex_slopes`: the chord on the outer side, a tangent on the inner one).
+    Exp, Log, Sqrt."""
+
+    monotone = True
+    nonneg_slopes = True
+    convex = True
+
+    def closed_slopes(self, bk, node, l, u, strategy, upper):
+        return convex_slopes(self, bk, node, l, u, strategy, upper, convex=self.convex)

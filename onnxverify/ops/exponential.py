@@ -8,16 +8,14 @@ ones are left out (module docstring of :mod:`.curves`).
 """
 from __future__ import annotations
 
-from .base import Example, onnx_op
-from .curves import INF, CurveRule, convex_slopes
+from .base import Example, unary_converter
+from .curves import INF, BentCurve
 from .registry import register
 
 
 @register
-class Exp(CurveRule):
+class Exp(BentCurve):
     op = "Exp"
-    monotone = True
-    nonneg_slopes = True
 
     def f(self, bk, node, z):
         return bk.exp(z)
@@ -28,19 +26,14 @@ class Exp(CurveRule):
     def stationary(self, bk, node, a, l, u):
         return [bk.log(bk.maximum(a, 1e-300))]
 
-    def closed_slopes(self, bk, node, l, u, strategy, upper):
-        return convex_slopes(self, bk, node, l, u, strategy, upper, convex=True)
-
-    @onnx_op("Exp", since=1, examples=(Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Exp", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Exp", since=1, examples=(
+        Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
 
 
 @register
-class Log(CurveRule):
+class Log(BentCurve):
     op = "Log"
-    monotone = True
-    nonneg_slopes = True
+    convex = False
 
     def f(self, bk, node, z):
         return bk.log(z)
@@ -54,9 +47,5 @@ class Log(CurveRule):
     def stationary(self, bk, node, a, l, u):
         return [1.0 / bk.maximum(a, 1e-300)]
 
-    def closed_slopes(self, bk, node, l, u, strategy, upper):
-        return convex_slopes(self, bk, node, l, u, strategy, upper, convex=False)
-
-    @onnx_op("Log", since=1, examples=(Example(((2, 7),), low=1.0, high=4.0), Example(((1, 2, 3, 3),), low=2.0, high=12.0)))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Log", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Log", since=1, examples=(
+        Example(((2, 7),), low=1.0, high=4.0), Example(((1, 2, 3, 3),), low=2.0, high=12.0)))

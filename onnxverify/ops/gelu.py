@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .base import Example, onnx_op
+from .base import Example, onnx_op, unary_converter
 from .curves import CurveRule, all_of, convex_slopes, solve_monotone
 from .importing import fail, text
 from .registry import register
@@ -54,9 +54,8 @@ class Erf(CurveRule):
         return bk.where(u <= 0, convex_slopes(self, bk, node, l, u, strategy, upper, convex=True),
                         convex_slopes(self, bk, node, l, u, strategy, upper, convex=False))
 
-    @onnx_op("Erf", since=9, examples=(Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Erf", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Erf", since=9, examples=(
+        Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
 
 
 def _gelu_tanh(xp_tanh, z):

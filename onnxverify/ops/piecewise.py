@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, onnx_op
+from .base import Example, onnx_op, unary_converter
 from .curves import INF, CurveRule, convex_slopes
 from .generic import AffineRule
 from .importing import fail
@@ -40,9 +40,8 @@ class Abs(CurveRule):
     def closed_slopes(self, bk, node, l, u, strategy, upper):
         return convex_slopes(self, bk, node, l, u, strategy, upper, convex=True)
 
-    @onnx_op("Abs", since=1, examples=(Example(((2, 7),)), Example(((1, 2, 3, 3),), low=-0.5, high=1.5)))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Abs", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Abs", since=1, examples=(
+        Example(((2, 7),)), Example(((1, 2, 3, 3),), low=-0.5, high=1.5)))
 
 
 @register
@@ -62,9 +61,7 @@ class Neg(AffineRule):
     def adjoint_window(self, bk, node, A, win, in_shapes):
         return [(-A, win)]
 
-    @onnx_op("Neg", since=1, examples=(Example(((2, 7),)), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Neg", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Neg", since=1, examples=(Example(((2, 7),)), Example(((1, 2, 3, 3),))))
 
 
 def _bound(ctx, name, default, label, op):
@@ -174,6 +171,5 @@ class HardSwish(CurveRule):
     def stationary(self, bk, node, a, l, u):
         return [3 * a - 1.5]  # (2 z + 3) / 6 = a on the quadratic piece
 
-    @onnx_op("HardSwish", since=14, examples=(Example(((2, 7),), low=-5.0, high=5.0), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "HardSwish", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("HardSwish", since=14, examples=(
+        Example(((2, 7),), low=-5.0, high=5.0), Example(((1, 2, 3, 3),))))

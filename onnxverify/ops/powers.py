@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, onnx_op
-from .curves import INF, CurveRule, convex_slopes
+from .base import Example, onnx_op, unary_converter
+from .curves import INF, BentCurve, CurveRule, convex_slopes
 from .importing import fail
 from .registry import register
 
@@ -29,10 +29,9 @@ def _root(bk, c, q: int):
 
 
 @register
-class Sqrt(CurveRule):
+class Sqrt(BentCurve):
     op = "Sqrt"
-    monotone = True
-    nonneg_slopes = True
+    convex = False
 
     def f(self, bk, node, z):
         return bk.sqrt(z)
@@ -47,12 +46,8 @@ class Sqrt(CurveRule):
         a = bk.maximum(a, 1e-150)
         return [0.25 / (a * a)]
 
-    def closed_slopes(self, bk, node, l, u, strategy, upper):
-        return convex_slopes(self, bk, node, l, u, strategy, upper, convex=False)
-
-    @onnx_op("Sqrt", since=1, examples=(Example(((2, 7),), low=1.0, high=4.0), Example(((1, 2, 3, 3),), low=2.0, high=9.0)))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Sqrt", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Sqrt", since=1, examples=(
+        Example(((2, 7),), low=1.0, high=4.0), Example(((1, 2, 3, 3),), low=2.0, high=9.0)))
 
 
 @register
@@ -82,10 +77,8 @@ class Reciprocal(CurveRule):
         neg = convex_slopes(self, bk, node, l, u, strategy, upper, convex=False)
         return bk.where(l > 0, pos, bk.where(u < 0, neg, l * 0))
 
-    @onnx_op("Reciprocal", since=1, examples=(Example(((2, 7),), low=0.5, high=3.0),
-                                              Example(((1, 2, 3, 3),), low=-4.0, high=-1.0)))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Reciprocal", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Reciprocal", since=1, examples=(Example(((2, 7),), low=0.5, high=3.0),
+                                                               Example(((1, 2, 3, 3),), low=-4.0, high=-1.0)))
 
 
 def _pow_examples():

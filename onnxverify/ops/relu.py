@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, TorchTie, find_submodule, onnx_op
+from .base import Example, TorchTie, find_submodule, onnx_op, unary_converter
 from .generic import ElementwiseRule
 from .importing import fail
 from .lines import chord, constant_lines
@@ -103,9 +103,7 @@ class Relu(ElementwiseRule):
         """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""
         return [l * 0]
 
-    @onnx_op("Relu", since=1, examples=EXAMPLES)
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Relu", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Relu", since=1, examples=EXAMPLES)
 
 
 class LeakyTie(TorchTie):

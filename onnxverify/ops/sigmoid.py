@@ -7,7 +7,7 @@ exists. Lower lines follow by symmetry: ``f(z) = 2c - f(-z)`` with ``c = f(0)``.
 """
 from __future__ import annotations
 
-from .base import Example, onnx_op
+from .base import Example, unary_converter
 from .generic import ElementwiseRule
 from .lines import chord, constant_lines
 from .registry import register
@@ -150,9 +150,7 @@ class Sigmoid(SShapedRule):
         s = bk.sigmoid(z)
         return s * (1 - s)
 
-    @onnx_op("Sigmoid", since=1, examples=EXAMPLES)
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Sigmoid", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Sigmoid", since=1, examples=EXAMPLES)
 
 
 @register
@@ -166,6 +164,4 @@ class Tanh(SShapedRule):
     def df(self, bk, z):
         return 1 - bk.tanh(z) ** 2
 
-    @onnx_op("Tanh", since=1, examples=EXAMPLES)
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Tanh", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Tanh", since=1, examples=EXAMPLES)

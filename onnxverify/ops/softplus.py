@@ -7,7 +7,7 @@ midpoint for ``adaptive`` (smaller area between line and curve).
 """
 from __future__ import annotations
 
-from .base import Example, onnx_op
+from .base import Example, unary_converter
 from .generic import ElementwiseRule
 from .lines import chord, constant_lines
 from .registry import register
@@ -39,6 +39,5 @@ class Softplus(ElementwiseRule):
         aL = bk.sigmoid(t)
         return aL, f(t) - aL * t, aU, bU
 
-    @onnx_op("Softplus", since=1, examples=(Example(((2, 7),), low=-8.0, high=8.0), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Softplus", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Softplus", since=1, examples=(
+        Example(((2, 7),), low=-8.0, high=8.0), Example(((1, 2, 3, 3),))))

@@ -15,7 +15,7 @@ A neuron is decided when its interval holds no step (``f(l) == f(u)``).
 """
 from __future__ import annotations
 
-from .base import Example, onnx_op
+from .base import Example, unary_converter
 from .curves import CurveRule
 from .registry import register
 
@@ -56,9 +56,8 @@ class Sign(StepRule):
         w = bk.where((u > 0) & (u < w), u, w)
         return l * 0, 2.0 / bk.maximum(w, 1e-300)
 
-    @onnx_op("Sign", since=9, examples=(Example(((2, 7),)), Example(((1, 2, 3, 3),), low=-0.3, high=1.0)))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Sign", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Sign", since=9, examples=(
+        Example(((2, 7),)), Example(((1, 2, 3, 3),), low=-0.3, high=1.0)))
 
 
 def _floor_candidates(bk, l, u, upper):
@@ -93,9 +92,8 @@ class Floor(Staircase):
     def candidates(self, bk, node, l, u, a, upper):
         return _floor_candidates(bk, l, u, upper)
 
-    @onnx_op("Floor", since=1, examples=(Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Floor", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Floor", since=1, examples=(
+        Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
 
 
 @register
@@ -110,9 +108,8 @@ class Ceil(Staircase):
         zs, vs = _floor_candidates(bk, -u, -l, not upper)
         return [-z for z in zs], [-v for v in vs]
 
-    @onnx_op("Ceil", since=1, examples=(Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Ceil", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Ceil", since=1, examples=(
+        Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
 
 
 @register
@@ -129,6 +126,5 @@ class Round(Staircase):
         zs, vs = _floor_candidates(bk, 0.5 - u, 0.5 - l, True)  # round(z) >= ceil(z - 1/2) = -floor(1/2 - z)
         return [0.5 - z for z in zs], [-v for v in vs]
 
-    @onnx_op("Round", since=11, examples=(Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Round", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Round", since=11, examples=(
+        Example(((2, 7),), low=-3.0, high=3.0), Example(((1, 2, 3, 3),))))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Example, onnx_op
+from .base import Example, unary_converter
 from .curves import CurveRule
 from .registry import register
 
@@ -52,9 +52,7 @@ class Sin(Periodic):
     def df(self, bk, node, z):
         return bk.cos(z)
 
-    @onnx_op("Sin", since=7, examples=EXAMPLES)
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Sin", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Sin", since=7, examples=EXAMPLES)
 
 
 @register
@@ -68,6 +66,4 @@ class Cos(Periodic):
     def df(self, bk, node, z):
         return -bk.sin(z)
 
-    @onnx_op("Cos", since=7, examples=EXAMPLES)
-    def convert(self, ctx, node, attrs, label):
-        ctx.add(node.output[0], "Cos", [ctx.computed(node.input[0])], source=label)
+    convert = unary_converter("Cos", since=7, examples=EXAMPLES)
