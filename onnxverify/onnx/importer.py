@@ -217,8 +217,9 @@ def import_model(model_or_path, fuse: bool = True) -> Graph:
     _add_inputs(ctx, inputs)
     for node in toposort(model.graph):
         label = node.name or node.output[0]
-        if node.op_type == "Constant" and node.domain in _DEFAULT:
-            ctx.consts[node.output[0]] = _constant_value(node)
+        conv = REGISTRY.converter(node.domain, node.op_type, _domain_opset(opsets, node.domain))
+        if conv is not None and conv.yields_constant and not node.input:  # a source of constants
+            conv.fn(ctx, node, _attrs(node), label)
             continue
         if all(ctx.is_const(i) for i in node.input) and node.domain in _DEFAULT:
             try:
@@ -228,7 +229,6 @@ def import_model(model_or_path, fuse: bool = True) -> Graph:
             for name, val in zip(node.output, outs):
                 ctx.consts[name] = np.asarray(val)
             continue
-        conv = REGISTRY.converter(node.domain, node.op_type, _domain_opset(opsets, node.domain))
         if conv is None:  # a custom-domain node on constants only
             raise UnsupportedOpError([(node.op_type, label)])
         try:
@@ -312,19 +312,6 @@ def _unbatched_hint(inputs: list) -> str:
     names = ", ".join(f"{i.name} {list(i.dims)}" for i in inputs if not i.batched)
     return (f" [input {names} has no batch axis: it is imported as one sample, and ops whose axes or shapes "
             "count from the tensor's first axis are not supported on it]")
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    a = _attrs(node)
-    if "value" in a:
-        return numpy_helper.to_array(a["value"])
-    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
-        if key in a:
-            return np.asarray(a[key], dtype=dtype)
-    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-        if key in a:
-            return np.asarray(list(a[key]), dtype=dtype)
-    raise ModelError(f"Constant node {node.name or node.output[0]}: unsupported attribute {list(a)}")
 
 
 def _reachable(nodes: list, output: str) -> set:

@@ -1,11 +1,14 @@
 """Shape and wiring: ``Reshape`` (Flatten, Reshape, Squeeze, Unsqueeze), ``Transpose``,
 ``Concat``, ``Pad``, plus the ONNX ops that need no IR node (Identity, Dropout, Cast to a
-float type are aliases; ``Shape`` of a computed tensor is a constant)."""
+float type are aliases; ``Shape`` of a computed tensor is a constant, and so is a ``Constant``
+node's value)."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
+from ..errors import ModelError
 from .base import Example, onnx_op
 from .generic import AffineRule
 from .importing import fail, reshape_to, text
@@ -111,6 +114,20 @@ class Reshape(AffineRule):
         """The shape of a computed tensor is a constant (batch axis 1, like the probes)."""
         full = np.array((1,) + ctx.shape_of(node.input[0]), dtype=np.int64)
         ctx.set_const(node.output[0], full[attrs.get("start", 0):attrs.get("end", None)])
+
+    @onnx_op("Constant", since=1, yields_constant=True)
+    def convert_constant(self, ctx, node, attrs, label):
+        """A constant from its attribute (``value``, ``value_float(s)``, ``value_int(s)``)."""
+        if "value" in attrs:
+            ctx.set_const(node.output[0], onnx.numpy_helper.to_array(attrs["value"]))
+            return
+        for key, dtype in (("value_float", np.float32), ("value_int", np.int64),
+                           ("value_floats", np.float32), ("value_ints", np.int64)):
+            if key in attrs:
+                v = attrs[key]
+                ctx.set_const(node.output[0], np.asarray(list(v) if key.endswith("s") else v, dtype=dtype))
+                return
+        raise ModelError(f"Constant node {label}: unsupported attribute {list(attrs)}")
 
 
 @register
