@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, Maps, OpRule, each_side, onnx_op
-from .generic import line_bias
+from .base import Example, onnx_op
 from .importing import fail
+from .ranges import RangeRule
 from .registry import register
 
 
 @register
-class ArgMax(OpRule):
+class ArgMax(RangeRule):
     """attrs: ``axis`` (sample axis, 0-based), ``keepdims``, ``last`` (select_last_index),
     ``sign`` (+1 ArgMax, -1 ArgMin). Output ``(B, *shape)``: the input shape with ``axis``
     removed (or 1 with keepdims)."""
 
     op = "ArgMax"
-    mixes = True
     index_output = True
 
     def forward(self, bk, node, x):
@@ -57,31 +56,6 @@ class ArgMax(OpRule):
         last = np.where(cand, j, -np.inf).max(axis=ax)
         out = (l.shape[0],) + tuple(node.shape)
         return (bk.asarray(first.reshape(out), dtype=l.dtype), bk.asarray(last.reshape(out), dtype=l.dtype))
-
-    # -- linear steps: constant lines at the index range -------------------------------------------
-    def relax(self, bk, node, bounds, strategy):
-        """``(lower, upper)`` of the index, ``(B, *shape)``: the constant lines."""
-        return self.interval(bk, node, bounds[0])
-
-    def forward_linear(self, bk, node, relax, maps):
-        lo, hi = relax
-        (m,) = maps
-        k = bk.zeros((m.Lk.shape[0], m.Lk.shape[1]) + tuple(node.shape), dtype=m.Lk.dtype, like=m.Lk)
-        return Maps(k, lo, k, hi)
-
-    def backward_linear(self, bk, node, step, AL, AU):
-        lo, hi = (v[:, None] for v in step.relax)  # (B, 1, *shape): lines shared by every row
-        in_shape = tuple(step.in_shapes[0])
-
-        def side(A, upper):  # ElementwiseRule's constant term with zero slopes
-            small, big = (hi, lo) if upper else (lo, hi)
-            zero = bk.zeros(tuple(A.shape[:2]) + in_shape, dtype=A.dtype, like=A)
-            return [zero], line_bias(bk, A, small, big, per_row=False)
-
-        return each_side(AL, AU, side)
-
-    def vjp(self, bk, node, g, xs, y):
-        return [xs[0] * 0]
 
     # -- import ------------------------------------------------------------------------------------
     def _convert(self, ctx, node, attrs, label, sign):

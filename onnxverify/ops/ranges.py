@@ -10,7 +10,8 @@ bounds the tensor before them (``index_output``, see
 """
 from __future__ import annotations
 
-from .base import Maps, OpRule
+from .base import Maps, OpRule, each_side
+from .generic import line_bias
 
 
 class RangeRule(OpRule):
@@ -31,22 +32,14 @@ class RangeRule(OpRule):
     def backward_linear(self, bk, node, step, AL, AU):
         """Zero coefficients on every input; biases ``(B, K)``: each row's coefficients
         against the end of the range on its side."""
-        lo, hi = step.relax
-        B, K = AL.shape[:2]
-        lo_, hi_ = bk.reshape(lo, (B, 1, -1)), bk.reshape(hi, (B, 1, -1))
+        lo, hi = (v[:, None] for v in step.relax)  # (B, 1, *shape): lines shared by every row
 
-        def side(A, small, big):
-            if A is None:
-                return None, None
-            A = bk.reshape(A, (B, K, -1))
-            bias = bk.sum(bk.pos(A) * small + bk.neg(A) * big, axis=2)
-            return [bk.zeros((B, K) + tuple(s), dtype=A.dtype, like=A) for s in step.in_shapes], bias
+        def side(A, upper):
+            small, big = (hi, lo) if upper else (lo, hi)
+            zeros = [bk.zeros(tuple(A.shape[:2]) + tuple(s), dtype=A.dtype, like=A) for s in step.in_shapes]
+            return zeros, line_bias(bk, A, small, big, per_row=False)
 
-        new_l, bias_l = side(AL, lo_, hi_)
-        new_u, bias_u = side(AU, hi_, lo_)
-        n_in = len(step.in_shapes)
-        return ([(None if new_l is None else new_l[i], None if new_u is None else new_u[i]) for i in range(n_in)],
-                (bias_l, bias_u))
+        return each_side(AL, AU, side)
 
     def vjp(self, bk, node, g, xs, y):
         return [x * 0 for x in xs]

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, Maps, onnx_op
+from .base import Example, Maps, each_side, onnx_op
+from .generic import line_bias
 from .importing import fail
 from .ranges import RangeRule
 from .registry import register
@@ -155,23 +156,18 @@ class TopKValues(_TopKRule):
 
     def backward_linear(self, bk, node, step, AL, AU):
         select, low, high = step.relax
-        B, K = AL.shape[:2]
-        in_shape = tuple(step.in_shapes[0])
-        lo_, hi_ = bk.reshape(low, (B, 1, -1)), bk.reshape(high, (B, 1, -1))
+        in_shape, axis = tuple(step.in_shapes[0]), node.attrs["axis"]
+        low, high = low[:, None], high[:, None]  # (B, 1, *shape)
 
-        def side(A, small, big):
-            if A is None:
-                return None, None
-            bias = bk.sum(bk.pos(bk.reshape(A, (B, K, -1))) * small + bk.neg(bk.reshape(A, (B, K, -1))) * big, axis=2)
-            rows = to_rows(bk, bk.reshape(A, (B * K,) + tuple(node.shape)), node.attrs["axis"])
-            rows = bk.reshape(rows, (B, K) + tuple(rows.shape[1:]))  # (B, K, M, k)
-            spread = bk.einsum("bzmr,bmrn->bzmn", rows, select)
-            coef = from_rows(bk, bk.reshape(spread, (B * K,) + tuple(spread.shape[2:])), in_shape, node.attrs["axis"])
-            return bk.reshape(coef, (B, K) + in_shape), bias
+        def side(A, upper):
+            B, K = A.shape[:2]
+            rows = to_rows(bk, bk.reshape(A, (B * K,) + tuple(node.shape)), axis)
+            spread = bk.einsum("bzmr,bmrn->bzmn", bk.reshape(rows, (B, K) + tuple(rows.shape[1:])), select)
+            coef = from_rows(bk, bk.reshape(spread, (B * K,) + tuple(spread.shape[2:])), in_shape, axis)
+            small, big = (high, low) if upper else (low, high)
+            return [bk.reshape(coef, (B, K) + in_shape)], line_bias(bk, A, small, big, per_row=False)
 
-        new_l, bias_l = side(AL, lo_, hi_)
-        new_u, bias_u = side(AU, hi_, lo_)
-        return [(new_l, new_u)], (bias_l, bias_u)
+        return each_side(AL, AU, side)
 
     def vjp(self, bk, node, g, xs, y):
         x = xs[0]
