@@ -14,6 +14,8 @@ batches_per_epoch`` (epochs counted from 0), so the value changes every batch; u
 * :data:`PRESETS` -- :class:`TrainingPreset` recipes (paper settings, fast-training settings,
   a tiny recipe for tests).
 
+The schedules live in :mod:`.ramps` and are re-exported here; the presets are this module's.
+
 Smoothed ramp
 -------------
 With ``s`` the ramp fraction in ``[0, 1]``, mid point ``m = 0.25`` and power ``p = 4``::
@@ -32,10 +34,13 @@ steps).
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
+
+from .ramps import (  # noqa: F401  (the schedules are re-exported: this module is their public face)
+    RAMP_KINDS, SMOOTH_MID, SMOOTH_POWER, EpsSchedule, EtaSchedule, LrSchedule, beta_schedule, check_kind,
+    epoch_position, kappa, ramp_fraction, smoothed_fraction)
 
 __all__ = [
     "RAMP_KINDS",
@@ -53,174 +58,8 @@ __all__ = [
     "get_preset",
 ]
 
-RAMP_KINDS = ("linear", "smoothed")
 #: training methods: the bound of the robust loss term (see ``training.losses``)
 TRAIN_METHODS = ("ibp", "crown-ibp", "mtl-ibp", "sabr")
-SMOOTH_MID = 0.25
-SMOOTH_POWER = 4.0
-
-
-def epoch_position(epoch: int, batch_index: int, batches_per_epoch: int) -> float:
-    """``t = epoch + batch_index / batches_per_epoch`` (the position of a batch in epochs)."""
-    if batches_per_epoch <= 0:
-        raise ValueError(f"batches_per_epoch must be positive, got {batches_per_epoch}")
-    return float(epoch) + float(batch_index) / float(batches_per_epoch)
-
-
-def smoothed_fraction(s: float, mid: float = SMOOTH_MID, power: float = SMOOTH_POWER) -> float:
-    """The smoothed ramp ``g(s)`` on ``[0, 1]`` (see the module docstring); clamps ``s``."""
-    if not 0.0 < mid < 1.0:
-        raise ValueError(f"mid must be in (0, 1), got {mid}")
-    if power < 1.0:
-        raise ValueError(f"power must be >= 1, got {power}")
-    s = min(max(float(s), 0.0), 1.0)
-    a = 1.0 / (mid ** (power - 1.0) * (power - (power - 1.0) * mid))
-    if s <= mid:
-        return a * s ** power
-    return min(a * mid ** power + power * a * mid ** (power - 1.0) * (s - mid), 1.0)
-
-
-def ramp_fraction(t: float, start: float, length: float, kind: str = "linear") -> float:
-    """Progress in ``[0, 1]`` of a ramp beginning at epoch ``start`` lasting ``length`` epochs.
-
-    0 for ``t <= start``, 1 for ``t >= start + length`` (a zero-length ramp is a step at
-    ``start``).  ``kind`` is "linear" or "smoothed".
-    """
-    if kind not in RAMP_KINDS:
-        raise ValueError(f"unknown ramp kind {kind!r}; expected one of {RAMP_KINDS}")
-    t = float(t)
-    if t < start:
-        return 0.0
-    if length <= 0 or t >= start + length:
-        return 1.0
-    s = (t - start) / length
-    return s if kind == "linear" else smoothed_fraction(s)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in RAMP_KINDS:
-        raise ValueError(f"unknown ramp kind {kind!r}; expected one of {RAMP_KINDS}")
-
-
-@dataclass(frozen=True)
-class EpsSchedule:
-    """Perturbation radius per batch: 0 before ``start_epoch``, ramp over ``ramp_epochs`` to
-    ``eps_max`` (reached exactly at ``start_epoch + ramp_epochs``), ``eps_max`` after."""
-
-    eps_max: float
-    start_epoch: float = 0.0
-    ramp_epochs: float = 0.0
-    kind: str = "linear"
-
-    def __post_init__(self) -> None:
-        _check_kind(self.kind)
-        if self.eps_max < 0:
-            raise ValueError(f"eps_max must be >= 0, got {self.eps_max}")
-        if self.start_epoch < 0 or self.ramp_epochs < 0:
-            raise ValueError("start_epoch and ramp_epochs must be >= 0")
-
-    @property
-    def end_epoch(self) -> float:
-        """Epoch position at which ``eps_max`` is reached."""
-        return float(self.start_epoch) + float(self.ramp_epochs)
-
-    def fraction(self, t: float) -> float:
-        return ramp_fraction(t, self.start_epoch, self.ramp_epochs, self.kind)
-
-    def value(self, t: float) -> float:
-        if self.eps_max == 0:
-            return 0.0
-        f = self.fraction(t)
-        return float(self.eps_max) if f >= 1.0 else float(self.eps_max) * f
-
-    __call__ = value
-
-    def in_ramp(self, t: float) -> bool:
-        """True while ``start_epoch <= t < start_epoch + ramp_epochs`` (the warm-up)."""
-        return self.start_epoch <= float(t) < self.end_epoch
-
-
-def kappa(eps_t: float, eps_max: float, kappa_end: float) -> float:
-    """Weight of the clean loss: ``(eps_max - eps_t (1 - kappa_end)) / eps_max``.
-
-    1 at ``eps_t = 0``, ``kappa_end`` at ``eps_t = eps_max`` (linear in ``eps_t`` between);
-    ``eps_max = 0`` gives 1.  ``eps_t`` is clamped to ``[0, eps_max]``.
-    """
-    eps_max = float(eps_max)
-    if eps_max <= 0:
-        return 1.0
-    e = min(max(float(eps_t), 0.0), eps_max)
-    return (eps_max - e * (1.0 - float(kappa_end))) / eps_max
-
-
-def beta_schedule(eps_t: float, eps_max: float, beta_end: float) -> float:
-    """CROWN-IBP mixing weight ``beta`` (1 → ``beta_end``), the same formula as :func:`kappa`.
-
-    The bound used in the loss is ``(1 - beta) l_IBP + beta l_CROWN-IBP``; skip the CROWN-IBP
-    pass once ``beta`` is ~0.
-    """
-    return kappa(eps_t, eps_max, beta_end)
-
-
-@dataclass(frozen=True)
-class EtaSchedule:
-    """Activation leak slope per batch: ``eta_start`` until ``start_epoch``, then moved to
-    ``eta_end`` over ``ramp_epochs`` ("smoothed" by default), ``eta_end`` after.
-
-    "0.01→0" is ``EtaSchedule(0.01, 0.0, start, ramp)``; models are evaluated at ``eta_end``.
-    """
-
-    eta_start: float
-    eta_end: float
-    start_epoch: float = 0.0
-    ramp_epochs: float = 0.0
-    kind: str = "smoothed"
-
-    def __post_init__(self) -> None:
-        _check_kind(self.kind)
-        if self.start_epoch < 0 or self.ramp_epochs < 0:
-            raise ValueError("start_epoch and ramp_epochs must be >= 0")
-
-    @property
-    def end_epoch(self) -> float:
-        return float(self.start_epoch) + float(self.ramp_epochs)
-
-    def value(self, t: float) -> float:
-        f = ramp_fraction(t, self.start_epoch, self.ramp_epochs, self.kind)
-        if f >= 1.0:
-            return float(self.eta_end)
-        return float(self.eta_start) + (float(self.eta_end) - float(self.eta_start)) * f
-
-    __call__ = value
-
-    @classmethod
-    def constant(cls, eta: float) -> "EtaSchedule":
-        return cls(eta, eta, 0.0, 0.0)
-
-
-@dataclass(frozen=True)
-class LrSchedule:
-    """Step decay: ``lr * gamma ** k`` with ``k`` the number of milestones ``<= t``.
-
-    A milestone ``m`` takes effect from the start of epoch ``m`` (0-based), like
-    ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch.
-    """
-
-    lr: float
-    milestones: Tuple[float, ...] = ()
-    gamma: float = 0.1
-
-    def __post_init__(self) -> None:
-        ms = tuple(sorted(float(m) for m in self.milestones))
-        object.__setattr__(self, "milestones", ms)
-        if self.lr < 0:
-            raise ValueError(f"lr must be >= 0, got {self.lr}")
-
-    def value(self, t: float) -> float:
-        k = bisect.bisect_right(self.milestones, float(t))
-        return float(self.lr) * float(self.gamma) ** k
-
-    __call__ = value
 
 
 # --------------------------------------------------------------------------------------
@@ -274,8 +113,8 @@ class TrainingPreset:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        _check_kind(self.eps_kind)
-        _check_kind(self.eta_kind)
+        check_kind(self.eps_kind)
+        check_kind(self.eta_kind)
         if self.method not in TRAIN_METHODS:
             raise ValueError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {self.method!r}")
         if not 0.0 <= self.mtl_alpha <= 1.0:
