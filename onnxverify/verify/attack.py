@@ -239,7 +239,7 @@ def sample_attack(forward, case, objective, confirm, rng, n_samples: int, deadli
 
 
 def pgd_attack(graph, case, objective, confirm, rng, restarts: int, steps: int, deadline: float,
-               starts=None, batch: int = 32, step_hi: float = 0.25, step_lo: float = 0.005) -> bool:
+               starts=None, batch: int = 32, step_hi: float = 0.25, step_lo: float = 0.005, record=None) -> bool:
     """Projected sign-gradient descent on disjunct margins over the case box.
 
     Restarts are spread over the objectives "best disjunct" and, when there are few
@@ -247,6 +247,7 @@ def pgd_attack(graph, case, objective, confirm, rng, restarts: int, steps: int, 
     box centre, then uniform points. The step shrinks from ``step_hi`` to ``step_lo`` times
     the box width (cosine schedule). Every point whose IR margin is ``<= 0`` (within float
     tolerance) goes to ``confirm``. Returns whether a counterexample was confirmed.
+    ``record``: a dict whose ``"best"`` is lowered to the smallest margin seen.
     """
     lo, hi = case.x_lower, case.x_upper
     width = hi - lo
@@ -270,6 +271,8 @@ def pgd_attack(graph, case, objective, confirm, rng, restarts: int, steps: int, 
         for t in range(steps):
             y, gx = value_and_grad(graph, x, lambda yy: objective.loss_grad(yy, targets)[1])
             m = objective.margins(y)
+            if record is not None:
+                record["best"] = min(record.get("best", np.inf), float(m.min()))
             if confirm(_candidates(x, m, tol), case):
                 return True
             if time.monotonic() >= deadline:

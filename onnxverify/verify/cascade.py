@@ -17,6 +17,7 @@ guard.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -26,7 +27,7 @@ from ..errors import InputError, MemoryLimitError, OnnxVerifyError
 from ..specs.input_sets import Box
 from .deadline import Decided, TimeUp, alarm
 from .complete import complete_steps
-from .input_split import branch_and_bound, split_applicable
+from .input_split import branch_and_bound, split_applicable, split_policy
 from .loading import load_problem, prop_input_shape
 
 __all__ = ["Result", "verify", "DEFAULT_CASCADE", "parse_methods", "VERDICTS"]
@@ -116,6 +117,8 @@ class Solver:
         self.ran_ok = []
         self.gradient_ok = net is not None
         self.max_memory = max_memory
+        self.attack_margin = {}  # case index -> smallest disjunct margin an attack reached
+        self.bound_margin = {}  # case index -> best sound lower bound of the worst open disjunct margin
 
     # ---- bookkeeping ------------------------------------------------------------
     def remaining(self):
@@ -131,6 +134,16 @@ class Solver:
         self.log.append(entry)
         if self.log_fn:
             self.log_fn(entry)
+
+    @contextmanager
+    def soft_deadline(self, t):
+        """Steps inside stop (``TimeUp``) at ``t`` instead of the deadline (which stays)."""
+        full = self.deadline
+        self.deadline = min(full, t)
+        try:
+            yield
+        finally:
+            self.deadline = full
 
     def open_cases(self):
         return [cs for cs in self.cases if not cs.done]
@@ -160,18 +173,48 @@ class Solver:
             fwd = partial(forward_flat, self.net.graph) if self.net is not None else self._ort_forward
             found, best = sample_attack(fwd, cs.case, obj, self.confirm, self.rng, n_samples,
                                         min(case_stop, time.monotonic() + 0.4 * (case_stop - time.monotonic())))
+            ci = self.cases.index(cs)
+            record = {"best": self.attack_margin.get(ci, np.inf)}
+            if not found and len(best):
+                record["best"] = min(record["best"], float(obj.margins(fwd(best)).min()))
             if not found and self.gradient_ok and restarts:
                 try:
                     found = pgd_attack(self.net.graph, cs.case, obj, self.confirm, self.rng, restarts, steps,
-                                       case_stop, starts=best)
+                                       case_stop, starts=best, record=record)
                 except GradientUnavailable as e:
                     self.gradient_ok = False
                     self.note(name, t, note=f"gradient unavailable: {e}")
+            self.attack_margin[ci] = record["best"]
             if found:
                 self.note(name, t, result="counterexample", checked=self.confirm.n_checked)
                 raise Decided("sat")
         self.check_time()
         self.note(name, t, result="none", checked=self.confirm.n_checked, rejected=self.confirm.n_rejected)
+
+    def sat_likelihood(self) -> float:
+        """How close the attacks came, relative to the bounds: per open case, the best
+        attack margin ``m >= 0`` over the gap ``m - lb`` to the worst open disjunct's lower
+        bound ``lb < 0``; the smallest over the cases (0: an attack nearly reached the unsafe
+        set, 1: nothing known or the attack is far). Small values make long attacks pay."""
+        r = 1.0
+        for i, cs in enumerate(self.cases):
+            if cs.done or cs.trivial:
+                continue
+            m, lb = self.attack_margin.get(i, np.inf), self.bound_margin.get(i, -np.inf)
+            if np.isfinite(m) and np.isfinite(lb) and lb < 0:
+                m = max(m, 0.0)
+                r = min(r, m / (m - lb))
+        return r
+
+    def long_attack_budget(self, budget) -> float:
+        """Seconds for the attack before the complete steps: long only where sat looks likely
+        (:meth:`sat_likelihood`), else short so the complete steps get the time."""
+        r = self.sat_likelihood()
+        if r < 0.05:
+            return min(0.25 * budget, 0.5 * self.remaining(), 30.0)
+        if r < 0.15:
+            return min(0.1 * budget, 0.25 * self.remaining(), 8.0)
+        return min(0.02 * budget + 0.5, 0.1 * self.remaining(), 2.0)
 
     def _ort_forward(self, x):
         shape = prop_input_shape(self.ort, self.prop)
@@ -227,6 +270,10 @@ class Solver:
                 return
             owner = cs.owner[rows]
             newly = self.proved(lower, tol, cs.b[rows], owner, len(cs.open))[0]
+            diff = lower[0] - cs.b[rows]
+            worst = min(float(diff[owner == d].max()) for d in np.flatnonzero(cs.open))
+            ci = self.cases.index(cs)
+            self.bound_margin[ci] = max(self.bound_margin.get(ci, -np.inf), worst)
             cs.open &= ~newly
         if not extra:
             self.best_method = (method, strategy)
@@ -308,7 +355,7 @@ def _run(s: Solver, net, attack: bool):
         s.bound_step(method, strategy)
         spent.append(time.monotonic() - t)
         if i == 0 and attack:
-            s.attack("attack:pgd", min(0.1 * budget, 10.0), 8192 if small else 256, 64, 50)
+            s.attack("attack:pgd", min(0.04 * budget + 0.5, 4.0), 8192 if small else 256, 64, 50)
     # every strategy gives sound bounds: retry the open rows with the others of the final method
     if s.best_method is not None and s.best_method[0] != "ibp" and spent:
         from ..bounds import STRATEGIES
@@ -317,9 +364,35 @@ def _run(s: Solver, net, attack: bool):
         for strategy in ("tight",):
             if strategy != (used or "adaptive") and strategy in STRATEGIES and s.remaining() > 3 * spent[-1] + 1:
                 s.bound_step(method, strategy, extra=True)
-    if split_applicable(s):
-        branch_and_bound(s)
+    split_state = _input_split(s) if split_applicable(s) else None
     if attack and s.remaining() > 1.0:
-        s.attack("attack:long", min(0.25 * budget, 0.5 * s.remaining(), 30.0), 16384 if small else 512, 256, 100)
+        s.attack("attack:long", s.long_attack_budget(budget) if s.complete else
+                 min(0.25 * budget, 0.5 * s.remaining(), 30.0), 16384 if small else 512, 256, 100)
     if s.complete:  # alpha-CROWN, MILP, beta-CROWN branch and bound (they attack their subdomains)
-        complete_steps(s)
+        if split_state is None:
+            complete_steps(s)
+            return
+        # neuron branch and bound gets a turn, then input splitting resumes from its queue
+        t = time.monotonic()
+        with s.soft_deadline(t + 0.5 * s.remaining()):
+            try:
+                complete_steps(s)
+            except TimeUp:
+                pass
+        s.check_time()
+        s.note("complete", t, result="paused", note="input splitting resumes")
+        branch_and_bound(s, state=split_state)
+
+
+def _input_split(s):
+    """Input splitting until it proves or decides, or (when :func:`split_policy` says so)
+    pauses for neuron branch and bound; returns the state to resume from, or None."""
+    policy = split_policy(s)
+    if policy is None:
+        branch_and_bound(s)  # until a verdict, the deadline or the queue limit
+        return None
+    first, hand_off = policy
+    state = branch_and_bound(s, stop_at=time.monotonic() + first)
+    while state is not None and not hand_off(state):
+        state = branch_and_bound(s, stop_at=time.monotonic() + 0.2 * s.remaining() + 0.5, state=state)
+    return state

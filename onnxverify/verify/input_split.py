@@ -1,8 +1,22 @@
-"""Branch and bound on the input box (input bisection) for networks with few free inputs.
+"""Branch and bound on the input box (input splitting) for networks with few free inputs.
 
-Boxes are bounded many at once through the bound engine's batch axis; a cheap method scores
-every candidate child and the tightest method that ran re-bounds the children that stay open.
-Box centres and a few PGD steps inside the worst boxes look for counterexamples on the way.
+Each open case keeps a queue of boxes with their open disjuncts, their worst margin (the
+smallest ``max_row (lower - b)`` over open disjuncts), the split dimensions their last bound
+suggests, and their intermediate bounds (which hold on every sub-box). A round takes the
+worst boxes (as many as the memory and a target round time allow), bisects each along its
+``k`` best-ranked dimensions, bounds every child in one batched call
+(:class:`~.box_bounds.BoxBounder`, parents' intermediate bounds intersected in), keeps per
+parent the dimension whose worse child is best (``k = 1``: the ranking alone), and queues
+the children not yet proved. Dimensions are ranked by sensitivity ``|A| * width``, ``A``
+the input coefficients of the linear lower bound of the row a proof is closest to.
+
+Counterexamples: the centre of each child and the corner minimising its linear bound are
+evaluated, and a few PGD steps run inside the worst children; a point goes to onnxruntime
+(``s.confirm``) only, so ``sat`` is never decided from bounds. ``unsat`` only when every
+box of every case is proved.
+
+The search can stop at a soft time (``stop_at``) and resume later from its queue (the
+cascade gives neuron branch and bound a turn in between, :func:`split_policy`).
 """
 from __future__ import annotations
 
@@ -10,10 +24,12 @@ import time
 
 import numpy as np
 
-from ..errors import MemoryLimitError
+from .box_bounds import BoxBounder, disjunct_dual
 from .deadline import Decided, TimeUp
 
-__all__ = ["split_applicable", "branch_and_bound"]
+__all__ = ["split_applicable", "branch_and_bound", "SplitState", "split_policy"]
+
+LARGE_INPUT = 1024
 
 
 def split_applicable(s):
@@ -21,181 +37,307 @@ def split_applicable(s):
     bound method that ran, and at most ``s.max_split_dims`` free inputs in every open case."""
     if s.net is None or not s.split or s.best_method is None:
         return False
-    return all(not cs.trivial and 0 < int((cs.case.x_upper > cs.case.x_lower).sum()) <= s.max_split_dims
-               for cs in s.open_cases())
+    return all(not cs.trivial and 0 < n_free(cs) <= s.max_split_dims for cs in s.open_cases())
 
 
-def branch_and_bound(s, max_boxes=1_000_000):
-    """Bisect the input boxes of the open cases until every box is proved (unsat), a box
-    centre is a confirmed counterexample (sat), or time / memory runs out."""
-    t = time.monotonic()
-    tiers = bab_tiers(s)
-    method = "+".join(m for m, _ in tiers)
-    stats = {"bounded": 0, "expanded": 0, "rounds": 0, "queue": 0, "proved_volume": 0.0}
-    try:
-        for cs in s.open_cases():
-            if not _bab_case(s, cs, tiers, max_boxes, stats):
-                s.note("split", t, result="gave up", method=method, **stats)
-                return
-    except TimeUp:
-        s.note("split", t, result="timeout", method=method, **stats)
-        raise
-    s.note("split", t, result="proved", method=method, **stats)
-    raise Decided("unsat")
+def n_free(cs) -> int:
+    return int((cs.case.x_upper > cs.case.x_lower).sum())
 
 
-def _bound_boxes(s, cs, lo, hi, parent_open, method, strategy, state):
-    """Bound boxes ``(N, n_in)`` on the rows of their open disjuncts. Returns ``(open
-    (N, D), score (N,), target (N,))``: disjuncts still open, the smallest shortfall
-    ``max_row (lower - b)`` over open disjuncts (``inf`` when proved) and that disjunct.
-    Calls are chunked to ``state['batch']`` boxes, which adapts to the call time."""
-    D = len(cs.open)
-    rows = parent_open.any(axis=0)[cs.owner]
-    R, b, owner = cs.R[rows], cs.b[rows], cs.owner[rows]
-    out_open, out_score, out_target = [], [], []
-    i = 0
-    while i < len(lo):
-        s.check_time()
-        n = state["batch"]
-        ts = time.monotonic()
-        try:
-            lower, tol = s.bounds(lo[i:i + n], hi[i:i + n], R, method, strategy)
-        except (MemoryLimitError, MemoryError):
-            if n == 1:
-                raise
-            state["batch"] = max(1, n // 2)
-            continue
-        dt = time.monotonic() - ts
-        if dt < 0.1 and n < 8192 and len(lo) - i > n:
-            state["batch"] = n * 2
-        elif dt > 1.0 and n > 8:
-            state["batch"] = n // 2
-        op = parent_open[i:i + n] & ~s.proved(lower, tol, b, owner, D)
-        short = np.full(op.shape, np.inf)
-        diff = lower - b[None]
-        for d in np.unique(owner):
-            short[:, d] = diff[:, owner == d].max(axis=1)
-        short[~op] = np.inf
-        out_open.append(op)
-        out_score.append(short.min(axis=1))
-        out_target.append(np.argmin(short, axis=1))
-        i += lower.shape[0]
-    s.bab_stats["bounded"] += len(lo)
-    return np.concatenate(out_open), np.concatenate(out_score), np.concatenate(out_target)
+def split_policy(s):
+    """When input splitting pauses to give neuron branch and bound (the complete steps) a
+    turn: ``(seconds from now to the first check, hand_off(state) -> bool)``, or None to
+    split until the deadline. None when the complete steps are off or the network has no
+    neuron to split on. At the check, splitting goes on while it is on course: more than
+    half the volume proved and at most 6 free inputs (where input splitting is the method
+    that pays), or a proved-volume rate that would finish within the time left; otherwise
+    the complete steps take their turn and splitting resumes after them."""
+    from ..ops import rule_of
 
+    if not getattr(s, "complete", False) or not any(hasattr(rule_of(n), "branch_points")
+                                                    for n in s.net.graph.computed):
+        return None
+    dims = max(n_free(cs) for cs in s.open_cases())
 
-def bab_tiers(s):
-    """Bound methods of the bisection: a cheap one scores every candidate child, the
-    tightest method that ran re-bounds the children that stay open."""
-    ran = [ms for ms in s.cascade if ms in s.ran_ok]
-    tight = s.best_method
-    cheap = next((ms for ms in ran if ms[0] == "crown-ibp"), None) \
-        or next((ms for ms in ran if ms[0] == "crown-lbp"), None) or tight
-    return [cheap] if cheap == tight else [cheap, tight]
-
-
-def _bab_case(s, cs, tiers, max_boxes, stats, try_all_dims=8):
-    from .attack import CaseObjective, GradientUnavailable, forward_flat, local_pgd, value_and_grad
-
-    s.bab_stats = stats
-    c = cs.case
-    root_w = c.x_upper - c.x_lower
-    free = np.flatnonzero(root_w > 0)
-    exhaustive = len(free) <= try_all_dims
-    objective = CaseObjective(c.y_disjuncts, s.n_out)
-    tol_m = 1e-6 * (1.0 + float(np.abs(cs.b).max(initial=0.0)))
-    state = {"batch": 8}
-    proved_vol = stats["proved_volume"]
-    lo_q, hi_q = c.x_lower[None].copy(), c.x_upper[None].copy()
-    method, strategy = tiers[0]
-    open_q, score, target = _bound_boxes(s, cs, lo_q, hi_q, cs.open[None], *tiers[-1], state)
-    keep = ~np.isinf(score)
-    lo_q, hi_q, open_q, target_q, score_q = lo_q[keep], hi_q[keep], open_q[keep], target[keep], score[keep]
-    depth_q = np.zeros(len(lo_q), dtype=np.int64)
-    while len(lo_q):
-        s.check_time()
-        if len(lo_q) > max_boxes:
+    def hand_off(state):
+        p = state.stats.get("proved_volume", 0.0)
+        rate = p / max(state.time, 1e-9)
+        if dims <= 6 and p >= 0.5:
             return False
-        stats["queue"] = len(lo_q)
-        n = max(1, min(len(lo_q), state["batch"] // (2 * len(free) if exhaustive else 2)))
-        # best first: the boxes furthest from a proof (most likely to hold a counterexample)
-        if n < len(lo_q):
-            idx = np.argpartition(score_q, n - 1)[:n]
-            rest = np.ones(len(lo_q), dtype=bool)
-            rest[idx] = False
-        else:
-            idx, rest = np.arange(len(lo_q)), np.zeros(len(lo_q), dtype=bool)
-        idx = idx[np.argsort(score_q[idx])]
-        lo, hi, op, tg, dp = lo_q[idx], hi_q[idx], open_q[idx], target_q[idx], depth_q[idx]
-        lo_q, hi_q, open_q, target_q, depth_q, score_q = (lo_q[rest], hi_q[rest], open_q[rest], target_q[rest],
-                                                         depth_q[rest], score_q[rest])
-        stats["expanded"] += n
-        stats["rounds"] = stats.get("rounds", 0) + 1
-        centre = (lo + hi) / 2
+        return rate * s.remaining() < 2.0 * (1.0 - p)
+
+    return (0.4 if dims <= 6 else 0.25) * s.remaining(), hand_off
+
+
+class _Queue:
+    """Boxes of one case: ``lo, hi (N, n)``, ``open (N, J)``, ``marg (N, J)`` lower bounds of
+    each disjunct's margin, ``score (N,)`` (the worst open one), ``cand (N, k)`` split
+    dimensions, ``bounds {node: (lo, hi) (N, size)}``."""
+
+    def __init__(self, lo, hi, open_, marg, score, cand, bounds):
+        self.lo, self.hi, self.open, self.marg, self.score, self.cand, self.bounds = \
+            lo, hi, open_, marg, score, cand, bounds
+
+    def __len__(self):
+        return len(self.score)
+
+    def take(self, idx):
+        """Remove and return the boxes ``idx`` as a new queue."""
+        keep = np.ones(len(self), dtype=bool)
+        keep[idx] = False
+        out = self.select(idx)
+        rest = self.select(keep)
+        self.__dict__.update(rest.__dict__)
+        return out
+
+    def select(self, idx):
+        return _Queue(self.lo[idx], self.hi[idx], self.open[idx], self.marg[idx], self.score[idx], self.cand[idx],
+                      {n: (a[idx], b[idx]) for n, (a, b) in self.bounds.items()})
+
+    def extend(self, other):
+        if len(other) == 0:
+            return
+        cat = np.concatenate
+        self.lo, self.hi = cat([self.lo, other.lo]), cat([self.hi, other.hi])
+        self.open, self.score, self.cand = cat([self.open, other.open]), cat([self.score, other.score]), \
+            cat([self.cand, other.cand])
+        self.marg = cat([self.marg, other.marg])
+        self.bounds = {n: (cat([a, other.bounds[n][0]]), cat([b, other.bounds[n][1]]))
+                       for n, (a, b) in self.bounds.items()}
+
+
+class _CaseSearch:
+    """Input splitting on one case of solver ``s``."""
+
+    def __init__(self, s, cs, k_trial, max_children=None):
+        from .attack import CaseObjective
+
+        self.s, self.cs, self.k = s, cs, k_trial
+        c = cs.case
+        self.root_w = c.x_upper - c.x_lower
+        self.free = np.flatnonzero(self.root_w > 0)
+        self.k = max(1, min(k_trial, len(self.free)))
+        self.D = len(cs.open)
+        method, strategy = s.best_method
+        dtype = np.float32 if s.prop.n_inputs > LARGE_INPUT else np.float64
+        self.tol = 1e-4 if dtype == np.float32 else 1e-9
+        self.bounder = BoxBounder(s.net.graph, cs.R, method, strategy or "adaptive", dtype, s.max_memory)
+        self.objective = CaseObjective(c.y_disjuncts, s.n_out)
+        self.tol_m = 1e-6 * (1.0 + float(np.abs(cs.b).max(initial=0.0)))
+        mem = s.max_memory or _default_memory()
+        self.max_children = max(2, int(0.25 * mem // max(self.bounder.bytes_per_box(), 1)))
+        if max_children is not None:
+            self.max_children = max(2, int(max_children))
+        self.max_queue = max(64, int(0.2 * mem // max(self.bounder.stored_bytes_per_box(), 1)))
+        self.children = min(64, self.max_children)  # boxes per bound call; adapts to the round time
+        self.queue = None
+        self.proved_volume = 0.0
+
+    # ---- bounding -----------------------------------------------------------------------
+    def bound(self, lo, hi, open_, parent, parent_marg=None):
+        """Bound boxes on the rows of disjuncts open in any of them; ``parent`` /
+        ``parent_marg``: intermediate bounds and disjunct margins valid on each box (a
+        child's margin is never below its parent's). Returns ``(open (N, D), marg (N, D),
+        score (N,), cand (N, k), xmin (N, n) or None, bounds)``."""
+        cs, s = self.cs, self.s
+        rows = np.flatnonzero(open_.any(axis=0)[cs.owner])
+        lower, lines, bounds = self.bounder(lo, hi, rows, parent)
+        s.bab_stats["bounded"] += len(lo)
+        b, owner = cs.b[rows], cs.owner[rows]
+        op = open_ & ~s.proved(lower, self.tol, b, owner, self.D)
+        diff = lower - b[None]
+        per = np.full(op.shape, -np.inf)
+        for d in np.unique(owner):
+            per[:, d] = diff[:, owner == d].max(axis=1)
         width = hi - lo
-        g = None
-        if not exhaustive and s.gradient_ok:
-            try:
-                y, g = value_and_grad(s.net.graph, centre, lambda yy: objective.loss_grad(yy, tg)[1])
-            except GradientUnavailable:
-                s.gradient_ok = False
-        if g is None:
-            y = forward_flat(s.net.graph, centre)
-        m = objective.margins(y).min(axis=1)
-        bad = m <= tol_m
-        if bad.any() and s.confirm(centre[bad][np.argsort(m[bad])], c):
+        xmin = None
+        sens = np.zeros_like(width)
+        if lines is not None:
+            # the rows of each disjunct jointly (one linear bound per row, combined)
+            G, coef, scale = disjunct_dual(lines[0], lines[1], b, owner, self.D, lo, hi)
+            op &= ~(G > self.tol * scale)
+            per = np.maximum(per, G)
+            per[~op] = np.inf
+            worst = np.argmin(per, axis=1)
+            a = coef[np.arange(len(lo)), worst]  # (N, n): the worst disjunct's combined bound
+            sens = np.abs(a) * width
+            xmin = np.where(a > 0, lo, hi)
+        if parent_marg is not None:
+            per = np.maximum(per, parent_marg)
+        marg = per.copy()
+        per[~op] = np.inf
+        score = per.min(axis=1)
+        rel = width / np.where(self.root_w > 0, self.root_w, 1.0)
+        # ties (and boxes whose bound ignores the input) go to the widest relative dimension
+        sens = sens + 1e-9 * rel * (1 + sens.max(axis=1, keepdims=True))
+        sens[:, self.root_w <= 0] = -1.0
+        order = np.argsort(-sens, axis=1)
+        cand = order[:, :self.k].copy()
+        if self.k > 1:  # the last candidate: the widest dimension (relative to the root box) not yet in
+            rel[:, self.root_w <= 0] = -1.0
+            rel2 = rel.copy()
+            np.put_along_axis(rel2, order[:, :self.k - 1], -2.0, axis=1)
+            cand[:, -1] = np.argmax(rel2, axis=1)
+        return op, marg, score, cand, xmin, bounds
+
+    # ---- counterexamples ----------------------------------------------------------------
+    def attack(self, lo, hi, xmin, score, tg_open):
+        from .attack import GradientUnavailable, forward_flat, local_pgd
+
+        s, c = self.s, self.cs.case
+        pts = (lo + hi) / 2 if xmin is None else np.concatenate([(lo + hi) / 2, xmin])
+        m = self.objective.margins(forward_flat(s.net.graph, pts)).min(axis=1)
+        bad = m <= self.tol_m
+        if bad.any() and s.confirm(pts[bad][np.argsort(m[bad])], c):
             raise Decided("sat")
-        if s.gradient_ok:  # a few PGD steps inside the worst boxes
-            k_att = min(n, 64)
+        if s.gradient_ok and len(lo):
+            k = min(len(lo), 16)
+            idx = np.argsort(score)[:k]
             try:
-                if local_pgd(s.net.graph, lo[:k_att], hi[:k_att], objective, tg[:k_att], 5, s.confirm, c):
+                if local_pgd(s.net.graph, lo[idx], hi[idx], self.objective, np.full(k, -1), 4, s.confirm, c):
                     raise Decided("sat")
             except GradientUnavailable:
                 s.gradient_ok = False
-        # candidate split dimensions per box: (n, k)
-        if exhaustive:
-            cand = np.broadcast_to(free, (n, len(free)))
-        else:
-            rel = np.full(width.shape, -1.0)
-            rel[:, free] = width[:, free] / root_w[free]
-            smear = np.full(width.shape, -1.0)
-            if g is not None:
-                smear[:, free] = np.abs(g[:, free]) * width[:, free]
-            use_rel = (dp % 2 == 1) | (smear.max(axis=1) <= 0)
-            cand = np.where(use_rel, np.argmax(rel, axis=1), np.argmax(smear, axis=1))[:, None]
-        k = cand.shape[1]
-        rows_ = np.repeat(np.arange(n), k)
-        dims = cand.reshape(-1)
-        mid = (lo[rows_, dims] + hi[rows_, dims]) / 2
-        lo_a, hi_a = lo[rows_].copy(), hi[rows_].copy()
+
+    # ---- the search ---------------------------------------------------------------------
+    def start(self):
+        c = self.cs.case
+        lo, hi = c.x_lower[None].astype(np.float64), c.x_upper[None].astype(np.float64)
+        op, marg, score, cand, xmin, bounds = self.bound(lo, hi, self.cs.open[None], None)
+        self.attack(lo, hi, xmin, score, op)
+        self.queue = _Queue(lo, hi, op, marg, score, cand, bounds).select(~np.isinf(score))
+
+    def pick(self, q, n):
+        """``n`` boxes: half the worst by margin (where counterexamples are likeliest), half
+        the largest (a proof needs every box: the volume must go down too)."""
+        if n >= len(q):
+            return np.arange(len(q))
+        n_worst = max(1, n // 2)
+        worst = np.argpartition(q.score, n_worst - 1)[:n_worst]
+        rest = np.ones(len(q), dtype=bool)
+        rest[worst] = False
+        others = np.flatnonzero(rest)
+        f = self.free
+        logv = np.log(np.maximum((q.hi[others][:, f] - q.lo[others][:, f]) / self.root_w[f], 1e-300)).sum(axis=1)
+        big = others[np.argpartition(-logv, n - n_worst - 1)[:n - n_worst]]
+        return np.concatenate([worst, big])
+
+    def step(self):
+        """One round: split the worst boxes and bound their children."""
+        s, q, k = self.s, self.queue, self.k
+        t = time.monotonic()
+        q.open &= self.cs.open[None]
+        if not q.open.all():
+            self.queue = q = q.select(q.open.any(axis=1))
+            if len(q) == 0:
+                return
+        n = max(1, min(len(q), self.children // (2 * k)))
+        idx = self.pick(q, n)
+        par = q.take(idx)
+        # children: for each parent and candidate, the lower and the upper half
+        rep = np.repeat(np.arange(n), k)
+        dims = par.cand.reshape(-1)
+        mid = (par.lo[rep, dims] + par.hi[rep, dims]) / 2
+        lo_a, hi_a = par.lo[rep].copy(), par.hi[rep].copy()
         hi_a[np.arange(n * k), dims] = mid
-        lo_b, hi_b = lo[rows_].copy(), hi[rows_].copy()
+        lo_b, hi_b = par.lo[rep].copy(), par.hi[rep].copy()
         lo_b[np.arange(n * k), dims] = mid
         ch_lo, ch_hi = np.concatenate([lo_a, lo_b]), np.concatenate([hi_a, hi_b])
-        ch_open_parent = np.concatenate([op[rows_], op[rows_]])
-        ch_open, ch_score, ch_target = _bound_boxes(s, cs, ch_lo, ch_hi, ch_open_parent, method, strategy, state)
-        # best dimension per box: the larger worst-child score
-        both = np.minimum(ch_score[: n * k], ch_score[n * k:]).reshape(n, k)
-        best = np.argmax(both, axis=1)
-        pick = np.arange(n) * k + best
-        sel = np.concatenate([pick, pick + n * k])
-        ch_lo, ch_hi, ch_open, ch_score, ch_target = ch_lo[sel], ch_hi[sel], ch_open[sel], ch_score[sel], ch_target[sel]
-        for m2, s2 in tiers[1:]:  # tighter bounds for the children that stay open
-            todo = np.flatnonzero(~np.isinf(ch_score))
-            if len(todo):
-                st2 = state.setdefault(m2, {"batch": 8})
-                o2, s2_, t2 = _bound_boxes(s, cs, ch_lo[todo], ch_hi[todo], ch_open[todo], m2, s2, st2)
-                ch_open[todo], ch_score[todo], ch_target[todo] = o2, s2_, t2
-        done = np.isinf(ch_score)
-        vol = np.prod((ch_hi[:, free] - ch_lo[:, free]) / root_w[free], axis=1)
-        proved_vol += float(vol[done].sum()) / len(s.cases)
-        stats["proved_volume"] = round(proved_vol, 6)
-        keep = ~done
-        lo_q = np.concatenate([lo_q, ch_lo[keep]])
-        hi_q = np.concatenate([hi_q, ch_hi[keep]])
-        open_q = np.concatenate([open_q, ch_open[keep]])
-        target_q = np.concatenate([target_q, ch_target[keep]])
-        depth_q = np.concatenate([depth_q, np.concatenate([dp, dp])[keep] + 1])
-        score_q = np.concatenate([score_q, ch_score[keep]])
-    cs.open[:] = False
-    return True
+        both = np.concatenate([rep, rep])
+        parent = {nm: (a[both], b[both]) for nm, (a, b) in par.bounds.items()}
+        op, marg, score, cand, xmin, bounds = self.bound(ch_lo, ch_hi, par.open[both], parent, par.marg[both])
+        if k > 1:  # per parent, the dimension whose worse child is best, then whose better one is
+            capped = np.where(np.isinf(score), 0.0, score)  # a proved child: margin 0 (unproved: <= 0)
+            a, b = capped[:n * k], capped[n * k:]
+            value = (np.minimum(a, b) + 0.25 * np.maximum(a, b)).reshape(n, k)
+            # ties (children no better than the parent) go to the widest candidate, relative to
+            # the root box; a candidate far narrower than the box's widest side never wins
+            rel = ((par.hi - par.lo) / np.where(self.root_w > 0, self.root_w, 1.0))
+            rel_c = np.take_along_axis(rel, par.cand, axis=1)
+            value = value + 1e-9 * (1 + np.abs(value)) * rel_c / np.maximum(rel.max(axis=1, keepdims=True), 1e-300)
+            value[rel_c < 1e-3 * rel.max(axis=1, keepdims=True)] = -np.inf
+            best = np.argmax(value, axis=1)
+            best[np.isneginf(value.max(axis=1))] = 0
+            pick = np.arange(n) * k + best
+            sel = np.concatenate([pick, pick + n * k])
+            ch_lo, ch_hi, op, score, cand = ch_lo[sel], ch_hi[sel], op[sel], score[sel], cand[sel]
+            marg = marg[sel]
+            xmin = None if xmin is None else xmin[sel]
+            bounds = {nm: (a[sel], b[sel]) for nm, (a, b) in bounds.items()}
+        self.attack(ch_lo, ch_hi, xmin, score, op)
+        done = np.isinf(score)
+        f = self.free
+        vol = np.prod((ch_hi[:, f] - ch_lo[:, f]) / self.root_w[f], axis=1)
+        self.proved_volume += float(vol[done].sum())
+        q.extend(_Queue(ch_lo, ch_hi, op, marg, score, cand, bounds).select(~done))
+        st = s.bab_stats
+        st["expanded"] += n
+        st["rounds"] += 1
+        st["queue"] = len(q)
+        dt = time.monotonic() - t
+        if dt < 0.4 and self.children < self.max_children:
+            self.children = min(self.max_children, 2 * self.children)
+        elif dt > 2.0 and self.children > 8:
+            self.children //= 2
+
+
+class SplitState:
+    """The searches of every case, kept between turns."""
+
+    def __init__(self):
+        self.searches = {}
+        self.stats = {"bounded": 0, "expanded": 0, "rounds": 0, "queue": 0, "proved_volume": 0.0, "turns": 0}
+        self.time = 0.0
+        self.paused = False
+
+
+def _default_memory():
+    from ..bounds.passes import default_max_memory
+
+    return default_max_memory()
+
+
+def branch_and_bound(s, stop_at=None, state=None, k_trial=3, max_children=None):
+    """Split the input boxes of the open cases until every box is proved (``unsat``), a
+    candidate is confirmed (``sat``), the soft stop ``stop_at`` (``time.monotonic()``), or
+    the deadline (``TimeUp``) or queue limit. Returns the :class:`SplitState` to resume
+    from when it stops without a verdict (None when the queue limit was hit)."""
+    t = time.monotonic()
+    state = state or SplitState()
+    state.paused = False
+    state.stats["turns"] += 1
+    stats = s.bab_stats = state.stats
+    method = "+".join(x for x in s.best_method if x)
+
+    def note(result):
+        vols = [x.proved_volume for x in state.searches.values()]
+        stats["proved_volume"] = round(float(np.mean(vols)) if vols else 0.0, 6)
+        dt = time.monotonic() - t
+        state.time += dt
+        s.note("split", t, result=result, method=method, k_trial=k_trial,
+               boxes_per_s=round(stats["bounded"] / max(state.time, 1e-9), 1), **stats)
+
+    try:
+        for i, cs in enumerate(s.cases):
+            if cs.done or cs.trivial:
+                continue
+            srch = state.searches.get(i)
+            if srch is None:
+                srch = state.searches[i] = _CaseSearch(s, cs, k_trial, max_children)
+                srch.start()
+            while len(srch.queue) and cs.open.any():
+                s.check_time()
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    note("paused")
+                    state.paused = True
+                    return state
+                if len(srch.queue) > srch.max_queue:
+                    note("gave up")
+                    return None
+                srch.step()
+            cs.open[:] = False
+    except TimeUp:
+        note("timeout")
+        raise
+    note("proved")
+    raise Decided("unsat")

@@ -1,0 +1,210 @@
+"""Batched input splitting: the box bounds (with inherited intermediate bounds) and the joint
+disjunct bound are sound by sampling; the search is complete on tiny low-dimensional nets
+(thresholds either side of the exact MILP optimum); batching does not change verdicts; the
+cascade pauses splitting for the complete steps and resumes; a fast ACAS Xu instance is
+decided with its known answer."""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ir_nets
+from onnxverify.specs.vnnlib import Case, Property
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+
+class _Net:
+    def __init__(self, graph):
+        self.graph, self.input_shape = graph, graph.input_shape
+
+
+def _solver(graph, case, timeout=30.0):
+    """The cascade's solver on an IR graph, counterexamples confirmed on the IR forward
+    (float32, like onnxruntime) against the property."""
+    from onnxverify.verify.cascade import Solver
+
+    n_out = graph[graph.output].size
+    prop = Property(case.x_lower.size, n_out, [case])
+
+    def ort(x):
+        return ir_nets.outputs(graph, np.asarray(x, dtype=np.float32)).astype(np.float32)
+
+    s = Solver(_Net(graph), ort, prop, time.monotonic(), timeout, [("crown", "adaptive")], 0, True, 32, None)
+    s.best_method = ("crown", "adaptive")
+    s.complete = False
+    return s
+
+
+def _exact_min(graph, lo, hi, r):
+    """min of ``r @ y`` over the box: MILP with IBP big-M (exact), checked by sampling."""
+    from onnxverify.backend import get_backend
+    from onnxverify.bounds.ibp import interval_bounds
+    from onnxverify.specs.input_sets import Box
+    from onnxverify.verify.milp import encode, solve_disjunct
+
+    env = interval_bounds(get_backend("numpy"), graph, Box(lo[None], hi[None]), np.float64)
+    enc = encode(graph, {k: tuple(np.asarray(v).reshape(-1) for v in b) for k, b in env.items()}, lo, hi)
+    lower, value, _ = solve_disjunct(enc, enc.var[graph.output], r[None], np.zeros(1), 30.0)
+    assert abs(lower - value) < 1e-6
+    ys = ir_nets.outputs(graph, ir_nets.box_points(np.random.default_rng(0), lo, hi, 4000)) @ r
+    assert ys.min() >= value - 1e-6
+    return value
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_box_bounds_sound_with_inherited_bounds(seed):
+    from onnxverify.verify.box_bounds import BoxBounder
+
+    rng = np.random.default_rng(seed)
+    g = ir_nets.dense_net(seed, sizes=(3, 10, 8, 3), scale=2.0)
+    R = rng.normal(size=(4, 3))
+    bb = BoxBounder(g, R)
+    P_lo, P_hi = -np.ones((1, 3)), np.ones((1, 3))
+    _, _, parent = bb(P_lo, P_hi)
+    lo = rng.uniform(-1, 0.5, size=(6, 3))
+    hi = np.minimum(lo + rng.uniform(0.05, 1.0, size=(6, 3)), 1.0)
+    par = {n: (a.repeat(6, axis=0), b.repeat(6, axis=0)) for n, (a, b) in parent.items()}
+    lower, (A, c), bounds = bb(lo, hi, parent=par)
+    for i in range(6):
+        xs = ir_nets.box_points(rng, lo[i], hi[i], 500)
+        vals = ir_nets.values(g, xs)
+        ry = ir_nets.outputs(g, xs) @ R.T
+        assert np.all(ry >= lower[i] - 1e-9)
+        assert np.all(ry >= xs @ A[i].T + c[i] - 1e-9)  # the linear lower bounds hold
+        for n, (bl, bh) in bounds.items():
+            v = vals[n].reshape(len(xs), -1)
+            assert np.all(v >= bl[i] - 1e-6) and np.all(v <= bh[i] + 1e-6)
+            # inherited: never looser than the parent's
+            assert np.all(bl[i] >= parent[n][0][0]) and np.all(bh[i] <= parent[n][1][0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_joint_disjunct_bound_is_a_sound_lp_bound(seed):
+    """``g`` is at most ``min_x max_k (A_k x + c_k - b_k)`` (LP duality, so never a false
+    proof) and, after the ascent, close to it; at least the best single row."""
+    from onnxverify.verify.box_bounds import disjunct_dual
+
+    rng = np.random.default_rng(seed)
+    N, K = 5, 3
+    A, c, b = rng.normal(size=(N, K, 2)), rng.normal(size=(N, K)), rng.normal(size=K)
+    lo, hi = -np.ones((N, 2)), np.ones((N, 2))
+    G, coef, scale = disjunct_dual(A, c, b, np.zeros(K, dtype=int), 1, lo, hi, iters=200)
+    t = np.linspace(-1, 1, 401)
+    X = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
+    for i in range(N):
+        worst = (X @ A[i].T + c[i] - b).max(axis=1).min()
+        single = (c[i] - b - np.abs(A[i]).sum(axis=1)).max()
+        assert G[i, 0] <= worst + 1e-9
+        assert G[i, 0] >= single - 1e-12
+        assert G[i, 0] >= worst - 0.05 * (1 + abs(worst))
+
+
+def _decide(graph, case, **kw):
+    from onnxverify.verify.deadline import Decided
+    from onnxverify.verify.input_split import branch_and_bound
+
+    s = _solver(graph, case)
+    try:
+        branch_and_bound(s, **kw)
+    except Decided as e:
+        if e.verdict == "sat":
+            x, y = s.confirm.found
+            assert np.all(x >= case.x_lower) and np.all(x <= case.x_upper)
+            assert any(np.all(A @ y <= b) for A, b in case.y_disjuncts)
+        return e.verdict, s
+    return None, s
+
+
+COMPLETE = [(seed, dims) for seed in range(3) for dims in (2, 4)]
+
+
+@pytest.mark.parametrize("seed,dims", COMPLETE)
+def test_input_splitting_complete_on_tiny_nets(seed, dims):
+    g = ir_nets.dense_net(seed, sizes=(dims, 12, 8, 1), scale=2.0)
+    lo, hi = -np.ones(dims), np.ones(dims)
+    r = np.ones(1)
+    m = _exact_min(g, lo, hi, r)
+    delta = 5e-3 * (1 + abs(m))
+    for b, expect in ((m - delta, "unsat"), (m + delta, "sat")):
+        got, s = _decide(g, Case(lo, hi, [(r[None], np.array([b]))]))
+        assert got == expect, (seed, dims, b, m, s.bab_stats)
+
+
+def test_several_rows_and_disjuncts_against_a_dense_grid():
+    """Two disjuncts with two rows each (a box-shaped unsafe set and a half-plane), on a
+    2-input net: the verdict matches a dense grid of the exact outputs."""
+    g = ir_nets.dense_net(7, sizes=(2, 16, 16, 2), scale=2.0)
+    lo, hi = -np.ones(2), np.ones(2)
+    t = np.linspace(-1, 1, 601)
+    X = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
+    Y = ir_nets.outputs(g, X)
+    a = np.median(Y, axis=0)
+    depth = (Y - a).min(axis=1).max()  # how far into {y0 >= a0, y1 >= a1} the grid gets
+    s_top = (Y[:, 0] + Y[:, 1]).max()
+    span = 1 + np.abs(Y).max()
+    for shift, expect in ((0.03, "unsat"), (-0.03, "sat")):
+        # unsafe: y0 >= a0 + depth + shift and y1 >= a1 + depth + shift, or y0 + y1 >= s_top + shift
+        d1 = (-np.eye(2), -(a + depth + shift * span))
+        d2 = (-np.ones((1, 2)), -np.array([s_top + shift * span]))
+        case = Case(lo, hi, [d1, d2])
+        grid_sat = bool(((Y @ d1[0].T <= d1[1]).all(axis=1) | (Y @ d2[0].T <= d2[1]).all(axis=1)).any())
+        if expect == "sat":
+            assert grid_sat
+        got, s = _decide(g, case)
+        assert got == expect, (shift, s.bab_stats)
+
+
+@pytest.mark.parametrize("k_trial", [1, 3])
+def test_batching_gives_the_verdicts_of_batch_size_one(k_trial):
+    g = ir_nets.dense_net(3, sizes=(3, 12, 8, 1), scale=2.0)
+    lo, hi = -np.ones(3), np.ones(3)
+    r = np.ones(1)
+    m = _exact_min(g, lo, hi, r)
+    for b in (m - 0.02 * (1 + abs(m)), m + 0.02 * (1 + abs(m))):
+        case = Case(lo, hi, [(r[None], np.array([b]))])
+        one, s1 = _decide(g, case, k_trial=k_trial, max_children=2)
+        many, s2 = _decide(g, case, k_trial=k_trial)
+        assert one == many and one is not None
+        assert s1.bab_stats["rounds"] >= s2.bab_stats["rounds"]
+
+
+def test_cascade_pauses_splitting_for_the_complete_steps_and_resumes(tmp_path, monkeypatch):
+    """With a policy that hands off at once, the complete steps run inside a soft deadline
+    and splitting resumes from its queue; the verdict is the exact one."""
+    pytest.importorskip("torch")
+    import test_verify as tv
+    from onnxverify.verify import cascade, verify
+
+    monkeypatch.setattr(cascade, "split_policy", lambda s: (0.0, lambda state: True))
+    net = tv.tiny_net(tmp_path / "tiny.onnx")
+    p = tv.prop(tmp_path, "(assert (<= Y_0 -0.5))\n")  # true min of y0 is 0, IBP says -1
+    res = verify(net, p, timeout=30, methods="ibp")
+    steps = [e["step"] for e in res.log]
+    assert res.verdict == "unsat", res.log
+    assert steps.index("split") < steps.index("alpha-crown")
+    assert res.log[steps.index("split")]["result"] == "paused"
+
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+ACAS = [("onnx/ACASXU_run2a_3_4_batch_2000.onnx", "vnnlib/prop_4.vnnlib"),
+        ("onnx/ACASXU_run2a_1_1_batch_2000.onnx", "vnnlib/prop_2.vnnlib")]  # prop 2: four rows in one disjunct
+
+
+@pytest.mark.skipif(not BENCH.exists(), reason="shared benchmarks not present")
+@pytest.mark.parametrize("onnx_,vnnlib", ACAS)
+def test_decides_a_fast_acasxu_instance_with_its_known_answer(onnx_, vnnlib):
+    from onnxverify.verify import verify
+
+    with open(BENCH / "ground_truth.csv") as f:
+        expected = next(r["expected"] for r in csv.DictReader(f)
+                        if r["benchmark"] == "acasxu" and r["onnx"] == onnx_ and r["vnnlib"] == vnnlib)
+    d = BENCH / "acasxu"
+    res = verify(d / onnx_, d / vnnlib, timeout=60)
+    assert res.verdict == expected, res.log[-2:]
+    if expected == "unsat":
+        assert res.decided_by == "split"
