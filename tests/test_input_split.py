@@ -208,3 +208,28 @@ def test_decides_a_fast_acasxu_instance_with_its_known_answer(onnx_, vnnlib):
     assert res.verdict == expected, res.log[-2:]
     if expected == "unsat":
         assert res.decided_by == "split"
+
+
+def test_long_attack_only_where_the_attacks_came_close():
+    """The attack before the complete steps is long when the best attack margin is small
+    next to the gap to the bound, short when it is far (or nothing is known)."""
+    g = ir_nets.dense_net(0, sizes=(2, 4, 1))
+    s = _solver(g, Case(-np.ones(2), np.ones(2), [(np.ones((1, 1)), np.zeros(1))]), timeout=60.0)
+    assert s.long_attack_budget(60.0) <= 2.0  # nothing measured yet
+    s.bound_margin[0] = -1.0
+    s.attack_margin[0] = 0.01  # 1 % of the gap: sat looks likely
+    assert s.long_attack_budget(60.0) >= 10.0
+    s.attack_margin[0] = 2.0  # the attack stayed far from the unsafe set
+    assert s.long_attack_budget(60.0) <= 2.0
+    assert s.sat_likelihood() == pytest.approx(2.0 / 3.0)
+
+
+def test_split_policy_splits_to_the_end_without_the_complete_steps():
+    from onnxverify.verify.input_split import split_policy
+
+    g = ir_nets.dense_net(0, sizes=(2, 4, 1))
+    s = _solver(g, Case(-np.ones(2), np.ones(2), [(np.ones((1, 1)), np.zeros(1))]))
+    assert split_policy(s) is None
+    s.complete = True
+    first, hand_off = split_policy(s)
+    assert 0 < first < s.remaining()
