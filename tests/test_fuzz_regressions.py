@@ -137,6 +137,13 @@ def test_a_deadline_during_input_bisection_is_a_timeout(tmp_path, monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(C.Solver, "bounds", bounds)
+
+    def box_bounds(self, *a, **k):  # the bisection bounds its boxes through BoxBounder
+        raise TimeUp()
+
+    from onnxverify.verify.box_bounds import BoxBounder
+
+    monkeypatch.setattr(BoxBounder, "__call__", box_bounds)
     res = C.verify(tiny_net(tmp_path / "t.onnx"), prop(tmp_path, "(assert (<= Y_0 -0.5))\n"), timeout=20,
                    methods="ibp", attack=False)
     assert res.verdict == "timeout", (res.verdict, res.message)
