@@ -19,6 +19,7 @@ import numpy as np
 from ..backend import get_backend
 from ..bounds import fold_spec_interval
 from ..bounds.backward import backward
+from ..bounds.engine import intersect
 from ..bounds.methods import intermediate_bounds, parse_method
 from ..bounds.plan import plan_of
 from ..ops import rule_of
@@ -82,10 +83,8 @@ class BoxBounder:
             hi = np.broadcast_to(np.asarray(hi, dtype=dt), (N,) + tuple(n.shape))
             if parent is not None and n.name in parent:
                 p_lo, p_hi = parent[n.name]
-                lo = np.maximum(lo, p_lo.reshape(lo.shape))
-                hi = np.minimum(hi, p_hi.reshape(hi.shape))
-                # both hold on the child box, so they intersect (up to rounding)
-                hi = np.maximum(hi, lo)
+                # both hold on the child box; where rounding makes them cross, the hull
+                lo, hi = intersect(bk, (lo, hi), (p_lo.reshape(lo.shape), p_hi.reshape(hi.shape)))
             env[n.name] = (lo, hi)
         return env
 
