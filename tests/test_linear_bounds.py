@@ -197,6 +197,7 @@ def test_windowed_backward_matches_dense(name, monkeypatch):
     net, ort = _net(model), OrtModel(model)
     iset = ov.LinfBall(rng.uniform(lo, hi, (2,) + net.input_shape), 0.1, clip=(lo, hi))
     monkeypatch.setattr(M, "TILE_ROWS", 10**9)
+    monkeypatch.setattr(M, "PATCHES", False)  # the tiles, not the patch passes (tests/test_patches.py)
     dense = net.bounds(iset, method="crown", strategy="adaptive", intersect_ibp=False, dtype=np.float64)
     calls = []
     original = M.backward_tiles

@@ -190,6 +190,44 @@ class Backend:
             out = win + 0 if out is None else self.maximum(out, win)
         return out
 
+    # ---- patches (per-row windows of backward coefficients, onnxverify.ops.patches) -------
+    def index(self, a):
+        """A NumPy int array as an index array of this library."""
+        return a if self.xp is np else self.xp.asarray(a)
+
+    def take_windows(self, x, batch, top, left, size):
+        """Row ``(b, k)``'s window ``x[batch[b, k], (k,) :, top:top + ph, left:left + pw]``:
+        ``x`` ``(N, C, H, W)`` or ``(B, K, C, H, W)``, ``batch`` (None: ``b``), ``top``,
+        ``left`` NumPy ints ``(B, K)`` with every window inside ``x`` -> a new
+        ``(B, K, C, ph, pw)`` array."""
+        xp = self.xp
+        swv = np.lib.stride_tricks.sliding_window_view if xp is np else xp.lib.stride_tricks.sliding_window_view
+        view = swv(x, tuple(size), axis=(x.ndim - 2, x.ndim - 1))
+        b = self.index(np.arange(top.shape[0])[:, None] if batch is None else batch)
+        t, l_ = self.index(top), self.index(left)
+        if x.ndim == 5:
+            return view[b, self.index(np.arange(top.shape[1])[None, :]), :, t, l_]
+        return view[b, :, t, l_]
+
+    def put_windows(self, data, top, left, hw):
+        """Adjoint of :meth:`take_windows`: ``data (B, K, C, ph, pw)`` placed at each row's
+        window of a zero ``(B, K, C, *hw)`` array (every window inside it)."""
+        B, K, C, ph, pw = data.shape
+        xp = self.xp
+        out = self.zeros((B, K, C) + tuple(hw), dtype=data.dtype)
+        swv = np.lib.stride_tricks.sliding_window_view if xp is np else xp.lib.stride_tricks.sliding_window_view
+        view = swv(out, (ph, pw), axis=(3, 4), writeable=True) if xp is np else swv(out, (ph, pw), axis=(3, 4))
+        view[self.index(np.arange(B)[:, None]), self.index(np.arange(K)[None, :]), :,
+             self.index(top), self.index(left)] = data
+        return out
+
+    def put_rows(self, base, bi, pos, values):
+        """A copy of ``base (B, N)`` with ``base[bi[j], pos[j]] = values[j]`` (NumPy int
+        indices ``(J,)``, no repeated pair)."""
+        out = base.copy()
+        out[self.index(bi), self.index(pos)] = values
+        return out
+
     def sum_pool2d(self, x, kernel, stride):
         """Window sums of an already padded ``x (N, C, H, W)`` (no dilation)."""
         out = None

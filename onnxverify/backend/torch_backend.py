@@ -125,6 +125,34 @@ class TorchBackend(Backend):
             out = self.F.pad(out, [0, short_w, 0, short_h])
         return out[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
 
+    def index(self, a):
+        return self.xp.as_tensor(a, device=self.device)
+
+    def take_windows(self, x, batch, top, left, size):
+        ph, pw = size
+        view = x.unfold(x.dim() - 2, ph, 1).unfold(x.dim() - 1, pw, 1)  # (..., C, H', W', ph, pw)
+        b = self.index(np.arange(top.shape[0])[:, None] if batch is None else batch)
+        t, l_ = self.index(top), self.index(left)
+        if x.dim() == 5:
+            return view[b, self.index(np.arange(top.shape[1])[None, :]), :, t, l_]
+        return view[b, :, t, l_]
+
+    def put_windows(self, data, top, left, hw):
+        """One scatter on flat indices (autograd flows through ``data``)."""
+        torch = self.xp
+        B, K, C, ph, pw = data.shape
+        H, W = hw
+        base = torch.as_tensor((top * W + left).reshape(B * K, 1), device=data.device)
+        grid = (torch.arange(C, device=data.device)[:, None, None] * (H * W)
+                + torch.arange(ph, device=data.device)[None, :, None] * W
+                + torch.arange(pw, device=data.device)[None, None, :]).reshape(1, -1)
+        out = torch.zeros((B * K, C * H * W), dtype=data.dtype, device=data.device)
+        out = out.scatter(1, base + grid, data.reshape(B * K, -1))
+        return out.reshape(B, K, C, H, W)
+
+    def put_rows(self, base, bi, pos, values):
+        return base.index_put((self.index(bi), self.index(pos)), values)
+
     def max_pool2d(self, x, kernel, stride, dilation):
         return self.F.max_pool2d(x, tuple(kernel), tuple(stride), 0, tuple(dilation))
 

@@ -10,11 +10,18 @@ Windowed passes: ``lam`` may cover only the rows/cols ``win = (r0, r1, c0, c1)``
 ``(C, H, W)`` start node. Rules with ``windowed = True`` (convolutions, elementwise ops,
 residual adds) then work on the receptive field only; any other rule first gets the
 coefficients padded back to the full shape.
+
+Patch passes: ``lam`` may be :class:`~onnxverify.ops.patches.Patches` (one window per row,
+e.g. identity patches of a conv layer's neurons). Each rule's ``backward_patches`` maps them
+on (a rule without a patch form goes dense by default); they become dense at the input, at a
+forward-map cut, where two different kinds meet, and once a window covers its node.
 """
 from __future__ import annotations
 
 from ..ops import rule_of
 from ..ops.generic import flat
+from ..ops.patches import Patches
+from ..ops.patches import add as add_patches
 
 
 def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True, window=None,
@@ -28,7 +35,7 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
     upper pass when it reaches that node: the bound is then of ``lam . node(start) +
     sum c . node`` (Lagrangian terms of split constraints)."""
     bk, g = eng.bk, eng.g
-    B, K = lam.shape[0], lam.shape[1]
+    B, K = (lam.data if isinstance(lam, Patches) else lam).shape[:2]
     pass_ = _Pass(eng)
     pass_.acc[start] = [lam, lam if upper else None]
     if window is not None:
@@ -48,6 +55,8 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
         d = pass_.dist[node.name]
         win = pass_.wins.pop(node.name, None)
         cut = depth is not None and d >= depth and node.name != start and node.name in eng.maps
+        if isinstance(AL, Patches) and (cut or node is g.input):
+            AL, AU = _dense_pair(bk, AL, AU)
         if node is g.input:
             if win is not None:
                 AL, AU = (None if A is None else _pad_window(bk, A, win, node.shape) for A in (AL, AU))
@@ -64,7 +73,11 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
             continue
         step = eng.step(node) if not (relax and node.name in relax) else _Override(eng.step(node), relax[node.name])
         nd = d if rule.affine else d + 1
-        if win is not None:
+        if isinstance(AL, Patches):
+            outs, biases = rule.backward_patches(bk, node, step, AL, AU)
+            for name, (al, au) in zip(node.inputs, outs):
+                pass_.accumulate(name, al, au, nd)
+        elif win is not None:
             outs, biases = rule.backward_window(bk, node, step, AL, AU, win)
             for name, (al, au, w) in zip(node.inputs, outs):
                 pass_.accumulate(name, al, au, nd, w)
@@ -104,6 +117,15 @@ class _Pass:
 
     def accumulate(self, name, AL, AU, d, win=None):
         bk, shape = self.eng.bk, self.eng.g[name].shape
+        if isinstance(AL, Patches) or (name in self.acc and isinstance(self.acc[name][0], Patches)):
+            if name in self.acc:
+                AL, AU = _sum_pair(bk, self.acc[name], (AL, AU))
+                d = max(self.dist[name], d)
+            if isinstance(AL, Patches) and AL.covers_node():
+                AL, AU = _dense_pair(bk, AL, AU)
+            self.acc[name] = [AL, AU]
+            self.dist[name] = d
+            return
         if name in self.acc:
             old = self.wins.get(name)
             if old != win:  # different windows (or one dense): bring both to their union
@@ -123,6 +145,31 @@ class _Pass:
             self.wins.pop(name, None)
         else:
             self.wins[name] = win
+
+
+def _dense_pair(bk, PL, PU):
+    """Patches (or arrays) ``PL``/``PU`` as dense arrays, sharing one when ``PU is PL``."""
+    AL = PL.dense(bk) if isinstance(PL, Patches) else PL
+    if PU is None or PU is PL:
+        return AL, (None if PU is None else AL)
+    return AL, (PU.dense(bk) if isinstance(PU, Patches) else PU)
+
+
+def _sum(bk, a, b):
+    if isinstance(a, Patches) and isinstance(b, Patches):
+        return add_patches(bk, a, b)
+    return (a.dense(bk) if isinstance(a, Patches) else a) + (b.dense(bk) if isinstance(b, Patches) else b)
+
+
+def _sum_pair(bk, cur, new):
+    """``cur + new`` for (lower, upper) pairs of patches or arrays; an upper shared with its
+    lower on both sides stays shared."""
+    lo = _sum(bk, cur[0], new[0])
+    if new[1] is None or cur[1] is None:
+        return lo, None
+    if cur[1] is cur[0] and new[1] is new[0]:
+        return lo, lo
+    return lo, _sum(bk, cur[1], new[1])
 
 
 def _substitute(eng, name, AL, AU, coef, bias):

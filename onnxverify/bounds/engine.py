@@ -22,7 +22,9 @@ from .plan import plan_of
 
 class StepContext:
     """What a rule's backward step may read about its node: ``relax`` (its relaxation),
-    ``offset`` (an affine op's constant term ``(1, *shape)``), ``in_shapes``."""
+    ``offset`` (an affine op's constant term ``(1, *shape)``), ``in_shapes``, ``diagonal``
+    (an affine op whose transpose scales each position: one ``(1, *in_shape)`` diagonal per
+    input, else None; patch steps use it)."""
 
     def __init__(self, eng: "LinearEngine", node):
         self._eng, self._node = eng, node
@@ -35,6 +37,10 @@ class StepContext:
     @property
     def offset(self):
         return self._eng.offset(self._node.name)
+
+    @property
+    def diagonal(self):
+        return self._eng.diagonal(self._node.name)
 
 
 class LinearEngine:
@@ -89,6 +95,18 @@ class LinearEngine:
         if name not in self._offsets:
             self._offsets[name] = self.plan.offset(self.bk, name, self.dtype)
         return self._offsets[name]
+
+    def diagonal(self, name):
+        """The diagonals of affine node ``name`` (see :meth:`Plan.diagonal`): its transpose
+        applied to ones on this backend (so autograd flows through tied parameters), or None."""
+        if not self.plan.diagonal(name):
+            return None
+        key = ("diag", name)
+        if key not in self._offsets:
+            node = self.g[name]
+            ones = self.bk.asarray(np.ones((1,) + tuple(node.shape)), dtype=self.dtype)
+            self._offsets[key] = self.plan.rules[name].adjoint(self.bk, node, ones, self.plan.in_shapes[name])
+        return self._offsets[key]
 
     def step(self, node) -> StepContext:
         if node.name not in self._steps:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import MemoryLimitError
 from ..ops import rule_of
+from ..ops.patches import unit_patches, unit_rows
 from .backward import backward
 
 
@@ -77,6 +78,13 @@ def chunked_backward(eng, start, lam, depth, max_memory, itemsize):
 
 
 TILE_ROWS = 512  # rows per windowed backward pass (a spatial tile times the channels)
+#: passes from the neurons of a ``(C, H, W)`` node whose rule handles patches start as
+#: identity patches (:mod:`onnxverify.ops.patches`); False: one-hot rows or tiles
+PATCHES = True
+#: rows of a patch pass per shared window: neurons at one position of the start node go in
+#: groups of this many (what a step reads of its own arrays is gathered once per group;
+#: padding a position's last group with zero rows costs up to this many - 1 rows)
+PATCH_GROUP = 8
 
 
 def backward_undecided(eng, name, depth, max_memory, itemsize):
@@ -90,6 +98,10 @@ def backward_undecided(eng, name, depth, max_memory, itemsize):
     if not flat.any():
         return
     shape = tuple(g[name].shape)
+    if PATCHES and len(shape) == 3 and shape[1] * shape[2] > 1 and bk.name in ("numpy", "torch") and (
+            eng.plan.rules[name].patches or eng.plan.diagonal(name)):
+        backward_patches(eng, name, depth, flat, max_memory, itemsize)
+        return
     many = flat.sum(axis=1).max() > 2 * TILE_ROWS  # few rows: one dense pass is cheaper than many small ones
     if many and len(shape) == 3 and shape[1] * shape[2] > 1 and bk.name in ("numpy", "cupy"):
         backward_tiles(eng, name, depth, flat.reshape((eng.B,) + shape), max_memory, itemsize)
@@ -121,6 +133,32 @@ def backward_undecided(eng, name, depth, max_memory, itemsize):
         new_lo = bk.where(hit, bk.maximum(new_lo, bk.einsum("bk,bkn->bn", l_k, lam)), new_lo)
         new_hi = bk.where(hit, bk.minimum(new_hi, bk.einsum("bk,bkn->bn", h_k, lam)), new_hi)
     eng.tighten(name, bk.reshape(new_lo, (eng.B,) + shape), bk.reshape(new_hi, (eng.B,) + shape))
+
+
+def backward_patches(eng, name, depth, flat, max_memory, itemsize):
+    """Backward passes for the undecided neurons ``flat (B, N)`` of a ``(C, H, W)`` node,
+    starting as identity patches (1 x 1 windows): each pass touches the receptive field of
+    its row only, until a window covers its node. Rows are chunked by the dense estimate
+    (:func:`rows_per_chunk`: a pass may go dense on the way)."""
+    bk, B = eng.bk, eng.B
+    shape = tuple(eng.g[name].shape)
+    idx, valid, pos = unit_rows(flat.reshape((B,) + shape), PATCH_GROUP)
+    G = idx.shape[1] // pos.shape[1]
+    U = pos.shape[1]
+    step = max(1, rows_per_chunk(eng, name, max_memory, itemsize) // G)  # groups per pass
+    lo, hi = eng.best(name)
+    new_lo, new_hi = bk.reshape(lo, (B, -1)), bk.reshape(hi, (B, -1))
+    for u in range(0, U, step):
+        gs = slice(u, min(U, u + step))
+        sl = slice(gs.start * G, gs.stop * G)
+        lam = unit_patches(bk, idx[:, sl], valid[:, sl], pos[:, gs], shape, eng.dtype)
+        l_k, h_k = backward(eng, name, lam, depth)
+        bi, ki = np.nonzero(valid[:, sl])
+        at = idx[:, sl][bi, ki]
+        tb, tk, tp = bk.index(bi), bk.index(ki), bk.index(at)
+        new_lo = bk.put_rows(new_lo, bi, at, bk.maximum(new_lo[tb, tp], l_k[tb, tk]))
+        new_hi = bk.put_rows(new_hi, bi, at, bk.minimum(new_hi[tb, tp], h_k[tb, tk]))
+    eng.tighten(name, bk.reshape(new_lo, (B,) + shape), bk.reshape(new_hi, (B,) + shape))
 
 
 def _unit_first_step(eng, name, idx, valid):

@@ -49,6 +49,7 @@ class Plan:
         self._extent: dict = {}
         self._cuts: dict = {}
         self._offsets: dict = {}
+        self._diagonal: dict = {}
 
     def order(self, start: str) -> list:
         """``start`` and its ancestors in reverse topological order (a backward pass)."""
@@ -73,6 +74,15 @@ class Plan:
             self._cuts[key] = frozenset(output_cut_nodes(self.graph, set(needs), depth))
         return set(self._cuts[key])
 
+    def diagonal(self, name: str) -> bool:
+        """Affine node ``name`` of a ``(C, H, W)`` shape maps each position of each input to the
+        same position of the output with one factor (per-channel affine, BatchNorm, Add, Sub,
+        Neg): its transpose is a per-position scaling, so patches pass through as patches.
+        Checked once, numerically: ``L^T r == r * L^T 1`` for a random ``r``."""
+        if name not in self._diagonal:
+            self._diagonal[name] = _is_diagonal(self.rules[name], self.graph[name], self.in_shapes[name])
+        return self._diagonal[name]
+
     def offset(self, bk, name: str, dtype):
         """The constant term ``(1, *shape)`` of affine node ``name`` (its output at zero
         inputs), cached while its parameters are the same NumPy arrays."""
@@ -87,6 +97,20 @@ class Plan:
         if cacheable:
             self._offsets[key] = (params, value)
         return value
+
+
+def _is_diagonal(rule, node, in_shapes) -> bool:
+    shape = tuple(node.shape)
+    if not rule.affine or len(shape) != 3 or any(tuple(s) != shape for s in in_shapes):
+        return False
+    from ..backend import NUMPY
+
+    r = np.random.default_rng(0).uniform(0.5, 1.5, (1,) + shape)
+    try:
+        ones, rand = (rule.adjoint(NUMPY, node, a, in_shapes) for a in (np.ones((1,) + shape), r))
+    except NotImplementedError:
+        return False
+    return all(np.allclose(np.asarray(b), r * np.asarray(a), rtol=1e-9, atol=1e-12) for a, b in zip(ones, rand))
 
 
 def exact_by_ibp(graph) -> set:

@@ -13,6 +13,9 @@ name to a rule object, which the engines call. A rule says:
   interval (only those need backward passes); ``status_codes`` -- neuron statuses;
 * ``forward_linear`` / ``backward_linear`` / ``backward_window`` -- the forward (LBP) and
   backward (CROWN) linear steps, on dense coefficients or on a spatial window of them;
+  ``backward_patches`` -- the backward step on :class:`~onnxverify.ops.patches.Patches`
+  (per-row receptive-field windows; default: the dense step, so a new op needs no patches
+  code);
 * ``vjp`` -- the vector-Jacobian product (attacks);
 * properties as attributes (``affine``, ``elementwise``, ``monotone``, ``windowed``,
   ``mixes``, ``statuses``) that the engines read instead of testing op names.
@@ -146,6 +149,9 @@ class OpRule:
     monotone = False
     #: the backward step can work on a spatial window of ``(C, H, W)`` coefficients
     windowed = False
+    #: :meth:`backward_patches` keeps patches as patches (a pass from this node's neurons
+    #: may start as identity patches); False: the default step goes dense
+    patches = False
     #: output positions combine several input positions (IBP is then not exact)
     mixes = False
     #: neuron status names (``stats``), or None for ops without statuses
@@ -198,6 +204,17 @@ class OpRule:
         node (coefficients ``(B, K, C, r1 - r0, c1 - c0)``): returns one ``(AL_i, AU_i, win_i)``
         per input and the biases. Only for rules with ``windowed = True``."""
         raise NotImplementedError(f"{self.op}: windowed backward step")
+
+    def backward_patches(self, bk, node, step, PL, PU):
+        """:meth:`backward_linear` on :class:`~onnxverify.ops.patches.Patches` ``PL``/``PU``
+        (``PU`` may be None, or ``PL`` itself when both passes share coefficients) of a
+        ``(C, H, W)`` node: one ``(PL_i, PU_i)`` per input -- patches, or dense
+        ``(B, K, *in_shape)`` arrays -- and the ``(B, K)`` biases. Default: the dense step on
+        :meth:`~onnxverify.ops.patches.Patches.dense` coefficients (rules with
+        ``patches = True`` override it)."""
+        AL = PL.dense(bk)
+        AU = None if PU is None else (AL if PU is PL else PU.dense(bk))
+        return self.backward_linear(bk, node, step, AL, AU)
 
     # -- gradient --------------------------------------------------------------------------------------
     def vjp(self, bk, node, g, xs, y) -> list:

@@ -12,6 +12,7 @@ from .base import Example, find_submodule, onnx_op
 from .generic import AffineRule
 from .importing import fail, window_pads
 from .linear import ConvLikeTie
+from .patches import transposed
 from .registry import register
 
 _RNG = np.random.default_rng(1)
@@ -27,6 +28,7 @@ class Conv(AffineRule):
 
     op = "Conv"
     windowed = True
+    patches = True
     mixes = True
 
     def apply(self, bk, node, x, bias=True, weight=None):
@@ -60,6 +62,19 @@ class Conv(AffineRule):
         lo_c, hi_c = max(0, off_c), min(W, off_c + base_w)
         out = out[:, :, lo_r - off_r:hi_r - off_r, lo_c - off_c:hi_c - off_c]
         return [(out, (lo_r, hi_r, lo_c, hi_c))]
+
+    def adjoint_patches(self, bk, node, P, in_shapes):
+        """Kernel composition on each row's window: ``P.data (B, K, O, ph, pw)`` -> the
+        transposed convolution of every window on its own (no padding), ``(B, K, C,
+        (ph - 1) * sh + dh * (kh - 1) + 1, ...)``, at ``top * sh - pad_top`` of the input."""
+        a = node.attrs
+        w = bk.const(node.params["weight"], P.data.dtype)
+        B, K, O, ph, pw = P.data.shape
+        (sh, sw), (dh, dw), (kh, kw) = a["stride"], a["dilation"], tuple(w.shape[2:])
+        size = ((ph - 1) * sh + dh * (kh - 1) + 1, (pw - 1) * sw + dw * (kw - 1) + 1)
+        out = bk.conv_transpose2d(bk.reshape(P.data, (B * K, O, ph, pw)), w, a["stride"], (0, 0, 0, 0),
+                                  a["dilation"], a["groups"], size)
+        return [transposed(bk, P, out, a["stride"], a["pads"][:2], in_shapes[0])]
 
     def kernel_size(self, node) -> int:
         return int(np.prod(node.params["weight"].shape[2:]))

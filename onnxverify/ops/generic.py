@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from .base import Maps, OpRule, check_strategy, each_side, unfold
+from .patches import inner, split, stack, take
 
 
 def flat(bk, a, lead: int):
@@ -76,6 +77,13 @@ class AffineRule(OpRule):
         position ``idx[b, k]`` (NumPy ints ``(B, K)``) -> one ``(B, K, *in_shape)`` per input,
         or None when the rule has no shortcut (the engine then pushes one-hot rows through
         :meth:`adjoint`). The first step of every intermediate-bound pass."""
+        return None
+
+    def adjoint_patches(self, bk, node, P, in_shapes):
+        """:meth:`adjoint` on :class:`~.patches.Patches` ``P`` of the output: one Patches (or
+        dense ``(B, K, *in_shape)`` array) per input, or None when the rule has no patch
+        form (default; the step then scales the patch by the op's diagonal when the plan
+        found the op diagonal, else goes dense). Window ops override it (Conv, AvgPool)."""
         return None
 
     def offset(self, bk, node, in_shapes, dtype):
@@ -147,6 +155,23 @@ class AffineRule(OpRule):
             outs.append([(bk.reshape(a, (B, K) + tuple(a.shape[1:])), w) for a, w in adj])
         return [(lo[0], hi[0], lo[1]) for lo, hi in zip(outs[0], outs[1])], tuple(biases)
 
+    def backward_patches(self, bk, node, step, PL, PU):
+        """Both passes stacked as ``2K`` rows through :meth:`adjoint_patches`, or through the
+        diagonal ``step.diagonal`` (one ``(1, *in_shape)`` array per input, or None) read at
+        each row's window; dense (the base step) when neither applies."""
+        P = stack(bk, PL, PU)
+        outs = self.adjoint_patches(bk, node, P, step.in_shapes)
+        if outs is None:
+            diag = step.diagonal
+            if diag is None:
+                return super().backward_patches(bk, node, step, PL, PU)
+            A = P.grouped(bk)
+            outs = [P.like(P.ungrouped(bk, A * take(bk, d, P)), node_shape=tuple(s)) for d, s in zip(diag, step.in_shapes)]
+        t = take(bk, step.offset, P)
+        bias = inner(bk, P, P.grouped(bk), t)
+        bias_l, bias_u = split(bias, PL, PU)
+        return [split(o, PL, PU) for o in outs], (bias_l, bias_u)
+
     def vjp(self, bk, node, g, xs, y):
         return self.adjoint(bk, node, g, [tuple(x.shape[1:]) for x in xs])
 
@@ -156,6 +181,7 @@ class ElementwiseRule(OpRule):
 
     elementwise = True
     windowed = True
+    patches = True
     #: every bounding line has a slope >= 0 (true for monotone f): a cheaper forward step
     nonneg_slopes = False
 
@@ -190,6 +216,34 @@ class ElementwiseRule(OpRule):
     def backward_window(self, bk, node, step, AL, AU, win):
         ((lo, hi),), biases = self._through_lines(bk, step.relax, AL, AU, win)
         return [(lo, hi, win)], biases
+
+    def backward_patches(self, bk, node, step, PL, PU):
+        """The lines read at each group's window (:func:`~.patches.take`: zero outside the
+        node, so the new patches keep zeros there). For a lower bound ``A`` (mirrored for an
+        upper bound): ``A aL + min(A, 0) (aU - aL)``, bias ``<A, bL> + <min(A, 0), bU - bL>``
+        -- the dense step's arithmetic. Lines shared by all rows ``(B, *shape)`` or one per
+        row ``(B, K, *shape)`` (optimised slopes); the six arrays are read in one gather."""
+        aL, bL, aU, bU = step.relax
+        C = aL.shape[-3]
+        lines = bk.concat([aL, bL, aU, bU, aU - aL, bU - bL], axis=aL.ndim - 3)
+        t_l = take(bk, lines, PL)
+        t_u = None if PU is None else (t_l if PU is PL or PU.same_geometry(PL) else take(bk, lines, PU))
+
+        def through(P, t, s):
+            a, b = (t[:, :, :, 0:C], t[:, :, :, C:2 * C]) if s == 0 else (t[:, :, :, 2 * C:3 * C], t[:, :, :, 3 * C:4 * C])
+            da, db = t[:, :, :, 4 * C:5 * C], t[:, :, :, 5 * C:]
+            A = P.grouped(bk)
+            n = bk.minimum(A, 0.0)
+            new = A * a + n * da if s == 0 else A * a - n * da
+            bias = inner(bk, P, A, b)
+            bias = bias + inner(bk, P, n, db) if s == 0 else bias - inner(bk, P, n, db)
+            return P.like(P.ungrouped(bk, new)), bias
+
+        lo, bl = through(PL, t_l, 0)
+        if PU is None:
+            return [(lo, None)], (bl, None)
+        hi, bu = through(PU, t_u, 1)
+        return [(lo, hi)], (bl, bu)
 
     @staticmethod
     def _through_lines(bk, relax, AL, AU, win):
