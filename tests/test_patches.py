@@ -15,6 +15,7 @@ from onnxverify.backend import NUMPY
 from onnxverify.onnx.importer import import_model
 from onnxverify.onnx.reference import OrtModel
 from onnxverify.ops import conv as conv_ops
+from onnxverify.ops import pooling
 from onnxverify.ops.patches import Patches, add, take, unit_patches, unit_rows
 
 
@@ -45,7 +46,21 @@ def _residual_net(seed=0):
     return nets._finish_dense(b, b.flatten(x)), (-1.0, 1.0)
 
 
-NETS = {"strided": _strided_net, "residual": _residual_net, "convnet": nets.convnet, "resnet": nets.resnet}
+def _pooling_net(seed=0):
+    """MaxPool (stride 2, pads, ceil mode) and AvgPool (count_include_pad 0 and 1) between convs
+    on a large enough image that patches cross them before covering a node."""
+    b = nets.Builder(seed, (2, 16, 15), opset=11)
+    x = b.node("Relu", [b.conv("input", 2, 3, k=3, stride=1)])
+    x = b.node("MaxPool", [x], kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=1)
+    x = b.node("Relu", [b.conv(x, 3, 3, k=3, stride=1)])
+    x = b.node("AveragePool", [x], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=0)
+    x = b.node("Relu", [b.conv(x, 3, 3, k=3, stride=1)])
+    x = b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1], count_include_pad=1)
+    x = b.node("Relu", [b.conv(x, 3, 2, k=3, stride=1)])
+    return nets._finish_dense(b, b.flatten(x)), (0.0, 1.0)
+
+
+NETS = {"pooling": _pooling_net, "strided": _strided_net, "residual": _residual_net, "convnet": nets.convnet, "resnet": nets.resnet}
 
 
 def _np(a):
@@ -68,14 +83,18 @@ def test_patch_passes_equal_dense_and_sound(name, backend, monkeypatch):
     iset = ov.LinfBall(rng.uniform(lo, hi, (3,) + net.input_shape), 0.08, clip=(lo, hi))
     dense = _bounds(net, iset, backend, "crown", monkeypatch, patches=False)
     steps = []
-    original = conv_ops.Conv.adjoint_patches
-    monkeypatch.setattr(conv_ops.Conv, "adjoint_patches", lambda *a: steps.append(1) or original(*a))
+    for cls, meth in ((conv_ops.Conv, "adjoint_patches"), (pooling.AvgPool, "adjoint_patches"),
+                      (pooling.MaxPool, "backward_patches")):
+        original = getattr(cls, meth)
+        monkeypatch.setattr(cls, meth, lambda *a, _o=original, _c=cls.__name__: steps.append(_c) or _o(*a))
     for group in (1, 3, 8):
         monkeypatch.setattr(P, "PATCH_GROUP", group)
         patched = _bounds(net, iset, backend, "crown", monkeypatch, patches=True)
         for p, d in zip(patched, dense):
             np.testing.assert_allclose(p, d, rtol=1e-6, atol=1e-9 * (1 + np.abs(d).max()))
-    assert steps, "no convolution was crossed as patches"
+    assert "Conv" in steps, "no convolution was crossed as patches"
+    if name == "pooling":
+        assert {"AvgPool", "MaxPool"} <= set(steps), "the pools were not crossed as patches"
     if backend == "numpy":  # the tiled (shared-window) passes agree too
         tiled = _bounds(net, iset, backend, "crown", monkeypatch, patches=False, tiles=True)
         for p, t in zip(patched, tiled):

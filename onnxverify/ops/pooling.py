@@ -11,6 +11,7 @@ import numpy as np
 from ..backend import window_views
 from .base import Example, Maps, OpRule, onnx_op, unfold
 from .generic import AffineRule, flat
+from .patches import inner, take, transposed
 from .importing import fail, window_pads
 from .registry import register
 
@@ -87,6 +88,7 @@ class MaxPool(OpRule):
 
     op = "MaxPool"
     monotone = True
+    patches = True
 
     def forward(self, bk, node, x):
         a = node.attrs
@@ -172,6 +174,42 @@ class MaxPool(OpRule):
             new.append(self.scatter(bk, node, through, select, in_hw))
         return [tuple(new)], tuple(biases)
 
+    def backward_patches(self, bk, node, step, PL, PU):
+        """:meth:`backward_linear` on patches: the lines' arrays (``decided``, the constant
+        upper line, one selection per kernel offset) read once per group's window, then each
+        row's window scattered through the kernel offsets onto an input window of
+        ``(ph - 1) * s + d * (k - 1) + 1`` at ``top * s - pad``."""
+        select, decided, upper_c = step.relax
+        a = node.attrs
+        (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
+        in_shape = tuple(step.in_shapes[0])
+        _, widths = pool_geometry(in_shape[1:], a["kernel"], a["stride"], a["pads"], a["dilation"], a["ceil_mode"])
+        C = decided.shape[1]
+        arrays = bk.concat([decided, upper_c] + list(select), axis=1)
+        shared = PU is None or PU is PL or PU.same_geometry(PL)
+        t_l = take(bk, arrays, PL)
+        new, biases = [], []
+        for s, P in enumerate((PL, PU)):
+            if P is None:
+                new.append(None)
+                biases.append(None)
+                continue
+            t = t_l if (s == 0 or shared) else take(bk, arrays, P)
+            dec, up = t[:, :, :, :C], t[:, :, :, C:2 * C]
+            A = P.grouped(bk)
+            lower_part, upper_part = (bk.pos(A), bk.neg(A)) if s == 0 else (bk.neg(A), bk.pos(A))
+            through = lower_part + upper_part * dec
+            biases.append(inner(bk, P, upper_part * (1 - dec), up))
+            B, U, G, _, ph, pw = A.shape
+            size = ((ph - 1) * sh + dh * (kh - 1) + 1, (pw - 1) * sw + dw * (kw - 1) + 1)
+            out = bk.zeros((B * U * G, C) + size, dtype=P.data.dtype)
+            for k in range(kh * kw):
+                i, j = divmod(k, kw)
+                term = bk.reshape(through * t[:, :, :, (2 + k) * C:(3 + k) * C], (B * U * G, C, ph, pw))
+                out[:, :, i * dh:i * dh + sh * (ph - 1) + 1:sh, j * dw:j * dw + sw * (pw - 1) + 1:sw] += term
+            new.append(transposed(bk, P, out, a["stride"], (widths[2][0], widths[3][0]), in_shape))
+        return [tuple(new)], tuple(biases)
+
     def vjp(self, bk, node, g, xs, y):
         x = xs[0]
         select, _, _ = self.relax(bk, node, [(x, x)], "adaptive")
@@ -226,6 +264,7 @@ class AvgPool(AffineRule):
 
     op = "AvgPool"
     mixes = True
+    patches = True
 
     def apply(self, bk, node, x, bias=True):
         a = node.attrs
@@ -244,6 +283,23 @@ class AvgPool(AffineRule):
         ones = bk.const(_ones_kernel(c, tuple(a["kernel"])), A.dtype)
         pads = (widths[2][0], widths[3][0], widths[2][1], widths[3][1])
         return [bk.conv_transpose2d(A / bk.const(div, A.dtype), ones, a["stride"], pads, (1, 1), c, (h, w))]
+
+    def adjoint_patches(self, bk, node, P, in_shapes):
+        """Each row's window divided by the divisors there, then spread over the kernel (a
+        depthwise transposed convolution with ones) onto an input window at
+        ``top * s - pad``."""
+        a = node.attrs
+        c, h, w = in_shapes[0]
+        _, widths = pool_geometry((h, w), a["kernel"], a["stride"], a["pads"], (1, 1), a["ceil_mode"])
+        div = avg_pool_divisor((h, w), a["kernel"], a["stride"], a["pads"], a["ceil_mode"], a["count_include_pad"])
+        inv = bk.const(_reciprocal(div), P.data.dtype)
+        A = P.grouped(bk) * take(bk, bk.reshape(inv, (1, 1) + tuple(div.shape)), P)
+        B, U, G, _, ph, pw = A.shape
+        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+        size = ((ph - 1) * sh + kh, (pw - 1) * sw + kw)
+        ones = bk.const(_ones_kernel(c, tuple(a["kernel"])), P.data.dtype)
+        out = bk.conv_transpose2d(bk.reshape(A, (B * U * G, c, ph, pw)), ones, a["stride"], (0, 0, 0, 0), (1, 1), c, size)
+        return [transposed(bk, P, out, a["stride"], (widths[2][0], widths[3][0]), in_shapes[0])]
 
     def kernel_size(self, node) -> int:
         return int(np.prod(node.attrs["kernel"]))
@@ -289,6 +345,19 @@ class AvgPool(AffineRule):
                                                            "count_include_pad": False}, source=label)
 
         global_pool(ctx, node, label, add_pool)
+
+
+@functools.lru_cache(maxsize=256)
+def _reciprocal_cached(div_bytes, shape) -> np.ndarray:
+    r = 1.0 / np.frombuffer(div_bytes).reshape(shape)
+    r.setflags(write=False)
+    return r
+
+
+def _reciprocal(div: np.ndarray) -> np.ndarray:
+    """``1 / div`` of a cached divisor array, itself cached (one array per divisor, so the
+    backend's constant cache converts it once)."""
+    return _reciprocal_cached(np.ascontiguousarray(div, dtype=np.float64).tobytes(), div.shape)
 
 
 @functools.lru_cache(maxsize=64)
