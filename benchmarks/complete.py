@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's onnxverify
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _summary import write_summary  # noqa: E402
-from vnncomp import DEFAULT_BENCH, VERDICTS, load_ground_truth, recheck  # noqa: E402
+from vnncomp import DEFAULT_BENCH, VERDICTS, judge, load_ground_truth  # noqa: E402
 
 #: steps of the complete search (the rest are the incomplete cascade, attacks, bisection)
 COMPLETE_STEPS = ("alpha-crown", "milp", "bab")
@@ -128,18 +128,16 @@ def main(argv=None):
             r = ours.get(it.key)
             if r is None:
                 continue
-            g = gt.get((name, os.path.normpath(it.onnx), os.path.normpath(it.vnnlib)), {})
-            verdict, expected = r["result"], g.get("expected", "")
-            ab, ab_t = g.get("abcrown_result", ""), g.get("abcrown_time", "")
+            j = judge(name, it, r, gt, d, cache, args.cap)
+            verdict, ab = j["result"], j["abcrown"]
             c[verdict] += 1
             a[ab if ab in ("sat", "unsat") else "other"] += 1
-            if ab in ("sat", "unsat") and ab_t and float(ab_t) <= args.cap:
+            if j["abcrown_within_cap"]:
                 a_cap[ab] += 1
-            ok = recheck(it, os.path.join(d, "results", it.result_name()), cache) if verdict == "sat" else None
-            if (verdict == "unsat" and expected == "sat") or ok is False:
-                unsound += 1
+            unsound += j["unsound"]
             rows_out.append({"benchmark": name, "onnx": it.onnx, "vnnlib": it.vnnlib, "result": verdict,
-                             "time": r["time"], "expected": expected, "abcrown": ab, "abcrown_time": ab_t})
+                             "time": r["time"], "expected": j["expected"], "abcrown": ab,
+                             "abcrown_time": j["abcrown_time"]})
         st = step_stats(logs)
         solved = c["sat"] + c["unsat"]
         summary[name] = {"instances": sum(c.values()), "ours": dict(c), "abcrown": dict(a),

@@ -83,6 +83,21 @@ def recheck(inst, result_path, cache):
     return ok
 
 
+def judge(name, inst, row, gt, result_dir, cache, cap):
+    """One finished instance (``row``: its results.csv row) of benchmark ``name`` against
+    ground_truth.csv (``gt``), a sat replayed in onnxruntime: ``result``, ``time``,
+    ``expected``, ``abcrown``, ``abcrown_time``, ``abcrown_within_cap`` (it decided within
+    ``cap`` s), ``replay_ok`` (True / False / None: not sat or no result file) and
+    ``unsound`` (unsat where sat is expected, or a sat that does not replay)."""
+    g = gt.get((name, os.path.normpath(inst.onnx), os.path.normpath(inst.vnnlib)), {})
+    verdict, expected = row["result"], g.get("expected", "")
+    ab, ab_t = g.get("abcrown_result", ""), g.get("abcrown_time", "")
+    ok = recheck(inst, os.path.join(result_dir, "results", inst.result_name()), cache) if verdict == "sat" else None
+    return {"result": verdict, "time": row["time"], "expected": expected, "abcrown": ab, "abcrown_time": ab_t,
+            "abcrown_within_cap": ab in ("sat", "unsat") and bool(ab_t) and float(ab_t) <= cap, "replay_ok": ok,
+            "unsound": (verdict == "unsat" and expected == "sat") or ok is False}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("benchmarks", nargs="*", help="benchmark folder names (default: all)")
@@ -139,26 +154,21 @@ def main(argv=None):
             r = ours.get(it.key)
             if r is None:
                 continue
-            g = gt.get((name, os.path.normpath(it.onnx), os.path.normpath(it.vnnlib)), {})
-            verdict, expected = r["result"], g.get("expected", "")
-            ab, ab_t = g.get("abcrown_result", ""), g.get("abcrown_time", "")
+            j = judge(name, it, r, gt, d, cache, args.cap)
+            verdict, expected, ab, ok = j["result"], j["expected"], j["abcrown"], j["replay_ok"]
             c[verdict] += 1
             e[expected or "?"] += 1
             a[ab or "?"] += 1
-            if ab in ("sat", "unsat") and ab_t and float(ab_t) <= args.cap:
+            if j["abcrown_within_cap"]:
                 a_cap[ab] += 1
             t_sum += float(r["time"])
-            ok = None
-            if verdict == "sat":
-                ok = recheck(it, os.path.join(d, "results", it.result_name()), cache)
-                if ok is False:
-                    replay_fail += 1
-                elif expected == "unsat":
-                    disagree += 1  # a replayed counterexample against the ground truth: report it
-            if (verdict == "unsat" and expected == "sat") or ok is False:
-                unsound += 1
+            if ok is False:
+                replay_fail += 1
+            elif verdict == "sat" and expected == "unsat":
+                disagree += 1  # a replayed counterexample against the ground truth: report it
+            unsound += j["unsound"]
             rows_out.append({"benchmark": name, "onnx": it.onnx, "vnnlib": it.vnnlib, "result": verdict,
-                             "time": r["time"], "expected": expected, "abcrown": ab, "abcrown_time": ab_t,
+                             "time": r["time"], "expected": expected, "abcrown": ab, "abcrown_time": j["abcrown_time"],
                              "replay_ok": "" if ok is None else ok})
         n = sum(c.values())
         solved = c["sat"] + c["unsat"]
