@@ -66,15 +66,21 @@ def _divisor(hw, kernel, stride, pads, ceil_mode, count_include_pad) -> np.ndarr
 
 
 
-def _pool_attrs(ctx, node, attrs, label):
+def _add_pooling(ctx, node, attrs, label, add_pool):
+    """Import a pooling node with ``add_pool(out, ir_in, kernel, stride, dilation, pads)``
+    (appends one 2-D pool, pads ``(t, l, b, r)``): directly for 2-D inputs, through 2-D pools
+    for 1-D and 3-D ones (:func:`onnxverify.ops.lift.pool_nd`)."""
     shape = ctx.shape_of(node.input[0])
     if len(shape) != 3:
-        fail(label, node.op_type, f"only 2-D pooling is supported (sample shape {shape})")
+        from .lift import pool_nd
+
+        pool_nd(ctx, node, attrs, label, add_pool)
+        return
     kernel = tuple(attrs["kernel_shape"])
     stride = tuple(attrs.get("strides", [1, 1]))
     dilation = tuple(attrs.get("dilations", [1, 1]))
     pads = window_pads(attrs, shape[1:], kernel, stride, dilation)
-    return kernel, stride, dilation, pads
+    add_pool(node.output[0], ctx.computed(node.input[0]), kernel, stride, dilation, pads)
 
 
 @register
@@ -235,13 +241,7 @@ class MaxPool(OpRule):
                                                            "pads": tuple(pads), "dilation": tuple(dilation),
                                                            "ceil_mode": ceil}, source=label)
 
-        if len(ctx.shape_of(node.input[0])) != 3:
-            from .lift import pool_nd
-
-            pool_nd(ctx, node, attrs, label, add_pool)
-            return
-        kernel, stride, dilation, pads = _pool_attrs(ctx, node, attrs, label)
-        add_pool(node.output[0], ctx.computed(node.input[0]), kernel, stride, dilation, pads)
+        _add_pooling(ctx, node, attrs, label, add_pool)
 
     @onnx_op("GlobalMaxPool", since=1, examples=(Example(((2, 3, 4, 5),)), Example(((1, 2, 6),)),
                                                  Example(((1, 2, 3, 2, 2),))))
@@ -325,13 +325,7 @@ class AvgPool(AffineRule):
             return ctx.add(out, "AvgPool", [ir_in], attrs={"kernel": tuple(kernel), "stride": tuple(stride),
                                                            "pads": tuple(pads), **extra}, source=label)
 
-        if len(ctx.shape_of(node.input[0])) != 3:
-            from .lift import pool_nd
-
-            pool_nd(ctx, node, attrs, label, add_pool)
-            return
-        kernel, stride, dilation, pads = _pool_attrs(ctx, node, attrs, label)
-        add_pool(node.output[0], ctx.computed(node.input[0]), kernel, stride, dilation, pads)
+        _add_pooling(ctx, node, attrs, label, add_pool)
 
     @onnx_op("GlobalAveragePool", since=1, examples=(Example(((2, 3, 4, 5),)), Example(((1, 2, 6),)),
                                                      Example(((2, 2, 3, 2, 2),))))
