@@ -111,14 +111,16 @@ class TopKValues(_TopKRule):
         top = np.take_along_axis(v, topk_order(v, a["k"]), axis=2)
         return self._out(bk, node, top * a["sign"], x)
 
+    def _value_ranges(self, node, lo, hi):
+        """Order statistics of ``(lo, hi) (B, M, n)`` (largest-first orientation) ->
+        NumPy ``(low, high) (B, M, k)`` of the values, in the op's own sign."""
+        k = node.attrs["k"]
+        low, high = -np.sort(-lo, axis=2)[..., :k], -np.sort(-hi, axis=2)[..., :k]
+        return (low, high) if node.attrs["sign"] > 0 else (-high, -low)
+
     def interval(self, bk, node, bounds):
         l, u = bounds
-        a = node.attrs
-        lo, hi = self._ranges(bk, node, l, u)
-        k = a["k"]
-        low, high = -np.sort(-lo, axis=2)[..., :k], -np.sort(-hi, axis=2)[..., :k]
-        if a["sign"] < 0:
-            low, high = -high, -low
+        low, high = self._value_ranges(node, *self._ranges(bk, node, l, u))
         return self._out(bk, node, low, l), self._out(bk, node, high, l)
 
     def relax(self, bk, node, bounds, strategy):
@@ -130,9 +132,10 @@ class TopKValues(_TopKRule):
         cand = candidates(lo, hi, node.attrs["k"])
         decided = cand.sum(axis=3) == 1  # (B, M, k)
         select = (cand & decided[..., None]).astype(np.float64)
-        low, high = self.interval(bk, node, (l, u))
-        keep = self._out(bk, node, (~decided).astype(np.float64), l)
-        return bk.asarray(select, dtype=l.dtype), low * keep, high * keep
+        low, high = self._value_ranges(node, lo, hi)
+        # zero (not inf * 0) at decided positions, whose lines are the selected input itself
+        return (bk.asarray(select, dtype=l.dtype), self._out(bk, node, np.where(decided, 0.0, low), l),
+                self._out(bk, node, np.where(decided, 0.0, high), l))
 
     def _pick(self, bk, node, k, select):
         """``k (N, *in_shape)``, ``N`` a multiple of the batch ``B`` -> ``(N, *node.shape)``:
