@@ -243,6 +243,16 @@ class OpRule:
         return None
 
 
+def scaled_params(params, scale, shift):
+    """``{"weight", "bias"}`` of a Linear / Conv whose output ``y`` is replaced by
+    ``y * scale + shift``: ``scale``, ``shift`` ``(O,)`` per output unit (the weight's first
+    axis); computed in float64, returned as float32."""
+    w = params["weight"].astype(np.float64)
+    w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    b = params["bias"].astype(np.float64) * scale + shift
+    return {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+
+
 class TorchTie:
     """How a trainable IR node follows its torch module (:mod:`onnxverify.training.tied`).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, find_submodule, onnx_op
+from .base import Example, find_submodule, onnx_op, scaled_params
 from .generic import AffineRule
 from .importing import fail, window_pads
 from .linear import ConvLikeTie
@@ -86,10 +86,7 @@ class Conv(AffineRule):
             if not np.all(flat == flat[:, :1]):
                 return None
             per_channel.append(flat[:, 0])
-        s, t = per_channel
-        w = node.params["weight"].astype(np.float64) * s.reshape(-1, 1, 1, 1)
-        b = node.params["bias"].astype(np.float64) * s + t
-        return {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+        return scaled_params(node.params, *per_channel)
 
     def torch_tie(self, node, submodule):
         from torch import nn

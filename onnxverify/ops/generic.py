@@ -144,16 +144,13 @@ class AffineRule(OpRule):
 
     def backward_window(self, bk, node, step, AL, AU, win):
         B, K = AL.shape[:2]
-        biases, outs = [], []
-        for A in (AL, AU):
-            if A is None:
-                biases.append(None)
-                outs.append([(None, None)] * len(step.in_shapes))
-                continue
-            biases.append(window_bias(bk, A, step.offset, win))
+
+        def side(A, upper):
             adj = self.adjoint_window(bk, node, bk.reshape(A, (B * K,) + tuple(A.shape[2:])), win, step.in_shapes)
-            outs.append([(bk.reshape(a, (B, K) + tuple(a.shape[1:])), w) for a, w in adj])
-        return [(lo[0], hi[0], lo[1]) for lo, hi in zip(outs[0], outs[1])], tuple(biases)
+            return [(bk.reshape(a, (B, K) + tuple(a.shape[1:])), w) for a, w in adj], window_bias(bk, A, step.offset, win)
+
+        pairs, biases = each_side(AL, AU, side)
+        return [(lo and lo[0], hi and hi[0], (lo or hi)[1]) for lo, hi in pairs], biases
 
     def backward_patches(self, bk, node, step, PL, PU):
         """Both passes stacked as ``2K`` rows through :meth:`adjoint_patches`, or through the

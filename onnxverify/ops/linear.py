@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Example, TorchTie, find_submodule, onnx_op
+from .base import Example, TorchTie, find_submodule, onnx_op, scaled_params
 from .generic import AffineRule
 from .importing import fail, sample_param
 from .registry import register
@@ -59,10 +59,7 @@ class Linear(AffineRule):
         per_out = [_per_last_axis(p, node.shape) for p in (scale, shift)]
         if any(p is None for p in per_out):
             return None
-        s, t = per_out
-        w = node.params["weight"].astype(np.float64) * s[:, None]
-        b = node.params["bias"].astype(np.float64) * s + t
-        return {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+        return scaled_params(node.params, *per_out)
 
     def torch_tie(self, node, submodule):
         from torch import nn

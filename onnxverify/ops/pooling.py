@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..backend import window_views
-from .base import Example, Maps, OpRule, onnx_op, unfold
+from .base import Example, Maps, OpRule, each_side, onnx_op, unfold
 from .generic import AffineRule, flat
 from .patches import inner, take, transposed
 from .importing import fail, window_pads
@@ -167,18 +167,14 @@ class MaxPool(OpRule):
         select, decided, upper_c = step.relax
         in_hw = tuple(step.in_shapes[0][1:])
         dec = decided[:, None]
-        new, biases = [], []
-        for s, A in enumerate((AL, AU)):
-            if A is None:
-                new.append(None)
-                biases.append(None)
-                continue
-            lower_part, upper_part = (bk.pos(A), bk.neg(A)) if s == 0 else (bk.neg(A), bk.pos(A))
+
+        def side(A, upper):
+            lower_part, upper_part = (bk.neg(A), bk.pos(A)) if upper else (bk.pos(A), bk.neg(A))
             # lower line y >= x_j*, upper line y <= x_j* (decided) or max u (not decided)
-            through = lower_part + upper_part * dec
-            biases.append(bk.sum(flat(bk, upper_part * (1 - dec) * upper_c[:, None], 2), axis=2))
-            new.append(self.scatter(bk, node, through, select, in_hw))
-        return [tuple(new)], tuple(biases)
+            bias = bk.sum(flat(bk, upper_part * (1 - dec) * upper_c[:, None], 2), axis=2)
+            return (self.scatter(bk, node, lower_part + upper_part * dec, select, in_hw),), bias
+
+        return each_side(AL, AU, side)
 
     def backward_patches(self, bk, node, step, PL, PU):
         """:meth:`backward_linear` on patches: the lines' arrays (``decided``, the constant
