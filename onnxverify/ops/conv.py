@@ -10,7 +10,7 @@ import numpy as np
 
 from .base import Example, find_submodule, onnx_op, scaled_params
 from .generic import AffineRule
-from .importing import fail, window_pads
+from .importing import fail
 from .linear import ConvLikeTie
 from .patches import transposed
 from .registry import register

@@ -148,7 +148,7 @@ class MaxPool(OpRule):
         hp = in_hw[0] + widths[2][0] + widths[2][1]
         wp = in_hw[1] + widths[3][0] + widths[3][1]
         out = bk.zeros(tuple(A.shape[:3]) + (hp, wp), dtype=A.dtype)
-        (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
+        (_, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
         for k, s in enumerate(select):
             i, j = divmod(k, kw)
             r0, c0 = i * dh, j * dw

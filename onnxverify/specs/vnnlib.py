@@ -12,6 +12,8 @@ Supported: ``declare-const``; ``assert``; ``and`` / ``or`` nested freely; compar
 linear terms built from variables, numbers, ``+ - * /`` (``*`` / ``/`` with constants).
 Input atoms must bound a single ``X_i``; output atoms may mix any ``Y_j``.
 
+The parsed property is :class:`.property.Property` (re-exported here).
+
 Speed: one regex tokenises the whole text, an explicit stack builds the nested lists,
 formulas are evaluated iteratively (no recursion limit), and all output rows are
 assembled into one numpy matrix at the end.  Line numbers are only computed on errors.
@@ -24,12 +26,12 @@ import itertools
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import VnnlibError
+from .property import Case, Property, is_violated
 
 __all__ = ["VnnlibError", "Case", "Property", "parse_vnnlib", "parse_vnnlib_string",
            "is_violated", "MAX_DISJUNCTS"]
@@ -41,37 +43,6 @@ _CMP = {"<=": False, "<": False, ">=": True, ">": True}   # value: swap sides
 _OPS = {"<=", "<", ">=", ">", "=", "+", "-", "*", "/", "and", "or"}
 _IGNORED = {"set-logic", "set-info", "set-option", "check-sat", "get-model", "exit"}
 
-
-
-@dataclass
-class Case:
-    """One input box with a DNF of output constraints.
-
-    x_lower, x_upper: (n_in,) float64.  y_disjuncts: list of ``(A (k, n_out), b (k,))``;
-    the case is unsafe iff x is in the box and ``A @ y <= b`` holds for some disjunct.
-    """
-    x_lower: np.ndarray
-    x_upper: np.ndarray
-    y_disjuncts: list = field(default_factory=list)
-
-
-@dataclass
-class Property:
-    """A parsed VNN-LIB file: unsafe iff some case is unsafe."""
-    n_inputs: int
-    n_outputs: int
-    cases: list
-    path: str | None = None
-
-    def check_sizes(self, n_inputs: int, n_outputs: int) -> None:
-        """Raise VnnlibError unless the declared sizes equal the network's."""
-        where = self.path or "<string>"
-        if n_inputs is not None and n_inputs != self.n_inputs:
-            raise VnnlibError(f"{where}: property declares {self.n_inputs} inputs (X_*) "
-                              f"but the network has {n_inputs}")
-        if n_outputs is not None and n_outputs != self.n_outputs:
-            raise VnnlibError(f"{where}: property declares {self.n_outputs} outputs (Y_*) "
-                              f"but the network has {n_outputs}")
 
 
 class _Err(Exception):
@@ -464,24 +435,3 @@ def parse_vnnlib(path_or_text, n_inputs: int | None = None,
         return parse_vnnlib_string(path_or_text, n_inputs, n_outputs)
     text = _decode(Path(path_or_text).read_bytes())
     return parse_vnnlib_string(text, n_inputs, n_outputs, path=str(path_or_text))
-
-
-def is_violated(prop, x_flat, y_flat, tol: float = 0.0) -> bool:
-    """Does the concrete pair (x (n_in,), y (n_out,)) lie in the unsafe set?
-
-    `prop` is a Property or a single Case; box bounds and rows are relaxed by `tol`.
-    """
-    x = np.asarray(x_flat, dtype=np.float64).ravel()
-    y = np.asarray(y_flat, dtype=np.float64).ravel()
-    for case in (prop.cases if isinstance(prop, Property) else [prop]):
-        if x.shape != case.x_lower.shape:
-            raise ValueError(f"x has {x.size} entries, the property expects "
-                             f"{case.x_lower.size}")
-        if np.any(x < case.x_lower - tol) or np.any(x > case.x_upper + tol):
-            continue
-        for A, b in case.y_disjuncts:
-            if A.shape[1] != y.size:
-                raise ValueError(f"y has {y.size} entries, the property expects {A.shape[1]}")
-            if np.all(A @ y <= b + tol):
-                return True
-    return False
