@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError, MemoryLimitError
-from ..ops import DEFAULT_STRATEGY, STRATEGIES, rule_of
+from ..ops import DEFAULT_STRATEGY, STRATEGIES
 from .engine import LinearEngine
 from .passes import backward_undecided, chunked_backward, default_max_memory, gb, itemsize
 from .plan import exact_by_ibp, plan_of
