@@ -11,6 +11,7 @@ subdomains per second, and where the time went (seconds per step, summed).
 
     flock /work/bench.lock python benchmarks/complete.py --per-family 20 --cap 60 --workers 1
     python benchmarks/complete.py mnist_fc oval21 --per-family 3      # a quick look
+    python benchmarks/complete.py --families acasxu,reach_prob_density --per-family 3
 
 The sample is ``--per-family`` instances drawn without replacement with ``--seed`` (the
 same instances on every run); the time limit is ``min(cap, the instance's own timeout)``.
@@ -89,6 +90,7 @@ def step_stats(logs):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("benchmarks", nargs="*", help="benchmark folder names (default: all)")
+    ap.add_argument("--families", default="", help="comma-separated benchmark folder names (added to the positional ones)")
     ap.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
     ap.add_argument("--per-family", type=int, default=20, help="instances per benchmark family")
     ap.add_argument("--cap", type=float, default=60.0, help="per-instance time cap in seconds")
@@ -102,7 +104,8 @@ def main(argv=None):
     from onnxverify.vnncomp import read_instances, run_instances
 
     bench_dir = Path(args.bench_dir)
-    names = args.benchmarks or sorted(p.name for p in bench_dir.iterdir() if (p / "instances.csv").exists())
+    names = args.benchmarks + [f for f in args.families.split(",") if f]
+    names = names or sorted(p.name for p in bench_dir.iterdir() if (p / "instances.csv").exists())
     gt = load_ground_truth(bench_dir)
     out = Path(args.out)
     groups = []

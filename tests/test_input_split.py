@@ -83,6 +83,39 @@ def test_box_bounds_sound_with_inherited_bounds(seed):
             assert np.all(bl[i] >= parent[n][0][0]) and np.all(bh[i] <= parent[n][1][0])
 
 
+@pytest.mark.parametrize("seed,method,dtype", [(0, "crown", np.float64), (1, "crown-lbp", np.float64),
+                                                (2, "crown", np.float32), (3, "crown-lbp", np.float32)])
+def test_joint_rows_sound_and_proofs_hold_by_sampling(seed, method, dtype):
+    """:meth:`BoxBounder.joint` bounds per-box combined rows below every sampled value, and
+    a disjunct :func:`joint_proofs` calls infeasible has no sampled point inside it."""
+    from onnxverify.verify.box_bounds import BoxBounder, joint_proofs
+
+    rng = np.random.default_rng(seed)
+    g = ir_nets.dense_net(seed, sizes=(3, 12, 10, 3), scale=2.0)
+    R = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [-1.0, 0.0, 0.5], [0.0, 0.0, 1.0]])
+    owner = np.array([0, 0, 0, 1])
+    bb = BoxBounder(g, R, method, "adaptive", dtype)
+    lo = rng.uniform(-1, 0.5, size=(8, 3))
+    hi = np.minimum(lo + rng.uniform(0.02, 0.6, size=(8, 3)), 1.0)
+    bb(lo, hi)
+    lam = np.zeros((8, 2, 4))
+    lam[:, 0, :3] = rng.dirichlet(np.ones(3), size=8)
+    lam[:, 1, 3] = 1.0
+    low, A = bb.joint(np.einsum("nmk,ko->nmo", lam, R))
+    ys = [ir_nets.outputs(g, ir_nets.box_points(rng, lo[i], hi[i], 600)) for i in range(8)]
+    slack = 1e-9 if dtype == np.float64 else 1e-4
+    for i in range(8):
+        comb = ys[i] @ (lam[i] @ R).T  # (600, 2)
+        assert np.all(comb >= low[i] - slack * (1 + np.abs(low[i])))
+    # thresholds between the sampled minimum of the first disjunct's rows and its bound
+    for q in (0.0, 0.5, 1.0):
+        b = np.array([np.quantile(np.concatenate([y @ R[k] for y in ys]), q) for k in range(4)])
+        proved = joint_proofs(bb, np.ones((8, 2), dtype=bool), lam, R, b, owner, 1e-9 if dtype == np.float64 else 1e-4)
+        assert not proved[:, 1].any()  # one row: left to the rows' own bounds
+        for i in np.flatnonzero(proved[:, 0]):
+            assert not np.any(np.all(ys[i] @ R[:3].T <= b[:3], axis=1))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_joint_disjunct_bound_is_a_sound_lp_bound(seed):
     """``g`` is at most ``min_x max_k (A_k x + c_k - b_k)`` (LP duality, so never a false
@@ -93,7 +126,7 @@ def test_joint_disjunct_bound_is_a_sound_lp_bound(seed):
     N, K = 5, 3
     A, c, b = rng.normal(size=(N, K, 2)), rng.normal(size=(N, K)), rng.normal(size=K)
     lo, hi = -np.ones((N, 2)), np.ones((N, 2))
-    G, coef, scale = disjunct_dual(A, c, b, np.zeros(K, dtype=int), 1, lo, hi, iters=200)
+    G, coef, scale, lam = disjunct_dual(A, c, b, np.zeros(K, dtype=int), 1, lo, hi, iters=200)
     t = np.linspace(-1, 1, 401)
     X = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
     for i in range(N):
@@ -123,6 +156,10 @@ def _decide(graph, case, **kw):
 COMPLETE = [(seed, dims) for seed in range(3) for dims in (2, 4)]
 
 
+CONFIGS = [("crown", "adaptive", np.float64), ("crown-lbp", "adaptive", np.float64),
+           ("crown", "adaptive", np.float32), ("crown-lbp", "adaptive", np.float32)]
+
+
 @pytest.mark.parametrize("seed,dims", COMPLETE)
 def test_input_splitting_complete_on_tiny_nets(seed, dims):
     g = ir_nets.dense_net(seed, sizes=(dims, 12, 8, 1), scale=2.0)
@@ -130,9 +167,59 @@ def test_input_splitting_complete_on_tiny_nets(seed, dims):
     r = np.ones(1)
     m = _exact_min(g, lo, hi, r)
     delta = 5e-3 * (1 + abs(m))
+    config = CONFIGS[(seed + dims) % len(CONFIGS)]  # every method and precision the race may pick
     for b, expect in ((m - delta, "unsat"), (m + delta, "sat")):
-        got, s = _decide(g, Case(lo, hi, [(r[None], np.array([b]))]))
-        assert got == expect, (seed, dims, b, m, s.bab_stats)
+        got, s = _decide(g, Case(lo, hi, [(r[None], np.array([b]))]), config=config)
+        assert got == expect, (seed, dims, config, b, m, s.bab_stats)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_each_race_candidate_decides_several_row_disjuncts(config):
+    """A three-row disjunct (where the combined-row proofs apply) either side of its exact
+    threshold, with each configuration the race can choose."""
+    g = ir_nets.dense_net(11, sizes=(3, 12, 8, 3), scale=2.0)
+    lo, hi = -np.ones(3), np.ones(3)
+    R = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [-1.0, 0.0, 0.5]])
+    # t* = min over the box of max_k (R y)_k: the disjunct R y <= t is empty below t*
+    X = ir_nets.box_points(np.random.default_rng(0), lo, hi, 20000)
+    t_grid = (ir_nets.outputs(g, X) @ R.T).max(axis=1).min()
+    got, s = _decide(g, Case(lo, hi, [(R, np.full(3, t_grid + 0.02))]), config=config)
+    assert got == "sat", (config, s.bab_stats)
+    t_low = t_grid - 0.15  # below t*: the grid's minimum is within 0.15 of it on this net
+    got, s = _decide(g, Case(lo, hi, [(R, np.full(3, t_low))]), config=config)
+    assert got == "unsat", (config, s.bab_stats)
+
+
+def test_race_keeps_the_search_that_proved_most_volume(monkeypatch):
+    """Candidates in order (the default first), each its slice; the largest proved volume
+    wins; a candidate that proves the case wins at once and stops the race."""
+    from onnxverify.verify import input_split as IS
+
+    g = ir_nets.dense_net(0, sizes=(2, 4, 1))
+    s = _solver(g, Case(-np.ones(2), np.ones(2), [(np.ones((1, 1)), np.full(1, -1e6))]))
+    s.ran_ok = [("ibp", None), ("crown-lbp", "adaptive"), ("crown", "adaptive")]
+    s.bab_stats = IS.SplitState().stats
+    volumes = {("crown", np.float64): 0.5, ("crown-lbp", np.float64): 0.7, ("crown-lbp", np.float32): 0.6}
+
+    def fake_slice(s_, srch, seconds):
+        srch.queue = [0]
+        srch.proved_volume = volumes[(srch.config[0], srch.config[2])]
+        return srch.proved_volume >= 1.0
+
+    monkeypatch.setattr(IS, "_run_slice", fake_slice)
+    trial = []
+    best = IS._race(s, s.cases[0], None, None, None, trial)
+    assert [(t["method"], t["dtype"]) for t in trial] == [("crown+adaptive", "float64"),
+                                                         ("crown-lbp+adaptive", "float64"),
+                                                         ("crown-lbp+adaptive", "float32")]
+    assert best.config[:1] == ("crown-lbp",) and best.config[2] == np.float64
+    volumes[("crown-lbp", np.float64)] = 1.0  # proves the case: no float32 trial
+    trial = []
+    best = IS._race(s, s.cases[0], None, None, None, trial)
+    assert len(trial) == 2 and best.proved_volume == 1.0
+    trial = []  # not enough time before the pause: no race
+    IS._race(s, s.cases[0], None, None, time.monotonic() + 0.1, trial)
+    assert trial == []
 
 
 def test_several_rows_and_disjuncts_against_a_dense_grid():

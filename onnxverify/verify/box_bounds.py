@@ -8,7 +8,13 @@ intersected with the child's at every bound node (in the interval pass, before t
 passes), which keeps every neuron that was stable on the parent stable and spares its
 backward row. Each call also returns the input coefficients ``A`` of the spec rows' linear
 lower bounds: ``|A| * width`` is the sensitivity the branching heuristic splits on, and the
-corner minimising each row's linear bound is a counterexample candidate.
+corner minimising each row's linear bound is a counterexample candidate. :meth:`BoxBounder.joint`
+then bounds per-box combinations of the rows (one backward pass on the same intermediate
+bounds): for a disjunct ``R y <= b`` with several rows and weights ``lam >= 0``, a lower
+bound of ``lam @ R y`` above ``lam @ b`` proves it infeasible, and CROWN on the combined
+row is tighter than the combination of the rows' own bounds (each neuron's relaxation is
+chosen once, for the combination; on the robot net of reach_prob_density it proved all 300
+of the worst boxes where combining the rows' bounds proved 48).
 
 Shapes: ``N`` boxes, ``n`` flat inputs, ``K`` spec rows.
 """
@@ -25,7 +31,7 @@ from ..bounds.plan import plan_of
 from ..ops import rule_of
 from ..specs.input_sets import Box
 
-__all__ = ["BoxBounder", "outward32"]
+__all__ = ["BoxBounder", "outward32", "disjunct_dual", "joint_proofs"]
 
 
 class _RecordingBox(Box):
@@ -60,6 +66,7 @@ class BoxBounder:
         self.keep = list(plan_of(graph).bound_nodes)  # the nodes whose bounds children inherit
         self.sizes = {n: int(graph[n].size) for n in self.keep}
         self.in_shape = tuple(graph.input_shape)
+        self._last = None  # (engine, box) of the last call, for joint()
 
     def bytes_per_box(self) -> int:
         """A rough peak of one box's share of a call: the widest backward pass (rows of the
@@ -97,6 +104,7 @@ class BoxBounder:
         ``lines = (A (N, K', n), c (N, K'))`` the rows' linear lower bounds ``A x + c`` valid
         on each box (None for IBP)."""
         g, bk, dt = self.g, self.bk, self.dtype
+        self._last = None
         N = lo.shape[0]
         rows = np.arange(len(self.R)) if rows is None else np.asarray(rows)
         R = self.R[rows]
@@ -118,12 +126,31 @@ class BoxBounder:
                 lines = (np.asarray(A, dtype=np.float64).reshape(N, len(rows), -1),
                          np.asarray(c, dtype=np.float64).reshape(N, len(rows)))
             best = {n: eng.best(n) for n in self.keep}
+            self._last = (eng, box)
         out = {}
         for n in self.keep:
             l_, h_ = best[n]
             out[n] = outward32(np.asarray(l_, dtype=np.float64).reshape(N, -1),
                                np.asarray(h_, dtype=np.float64).reshape(N, -1))
         return lower, lines, out
+
+    def joint(self, C):
+        """Lower bounds of per-box rows ``C (N, M, n_out)`` over the boxes of the last call
+        (its intermediate bounds; a linear method only, else None). Returns ``(lower (N, M),
+        A (N, M, n))``: the bounds and the input coefficients of their linear bounds (None
+        when the pass does not reach the input)."""
+        if self._last is None:
+            return None
+        eng, box = self._last
+        g, N = self.g, C.shape[0]
+        lam = self.bk.asarray(np.ascontiguousarray(C).reshape((N, C.shape[1]) + tuple(g[g.output].shape)),
+                              dtype=self.dtype)
+        box.last = None
+        low, _ = backward(eng, g.output, lam, depth=eng.out_depth, upper=False)
+        A = None
+        if box.last is not None and eng.out_depth is None:
+            A = np.asarray(box.last[0], dtype=np.float64).reshape(N, C.shape[1], -1)
+        return np.asarray(low, dtype=np.float64).reshape(N, -1), A
 
 
 def _project_simplex(v):
@@ -150,12 +177,14 @@ def disjunct_dual(A, c, b, owner, n_disj, lo, hi, iters=30):
 
     ``A (N, K, n)``, ``c (N, K)``, ``b (K,)``, ``owner (K,)``. Returns ``g (N, n_disj)`` (the
     best found; ``-inf`` for a disjunct without rows), ``coef (N, n_disj, n)`` (the
-    combined coefficients at that ``lam``) and ``scale (N, n_disj)``, the magnitude of the
-    terms summed (for a relative rounding margin)."""
+    combined coefficients at that ``lam``), ``scale (N, n_disj)``, the magnitude of the
+    terms summed (for a relative rounding margin), and that ``lam (N, n_disj, K)`` (zero
+    outside each disjunct's rows; on the simplex)."""
     N, K, n = A.shape
     G = np.full((N, n_disj), -np.inf)
     coef = np.zeros((N, n_disj, n))
     scale = np.ones((N, n_disj))
+    lam_out = np.zeros((N, n_disj, K))
     lo3, hi3 = lo[:, None, :], hi[:, None, :]
     for d in range(n_disj):
         rows = np.flatnonzero(owner == d)
@@ -180,7 +209,33 @@ def disjunct_dual(A, c, b, owner, n_disj, lo, hi, iters=30):
                 grad = grad / (np.linalg.norm(grad, axis=1, keepdims=True) + 1e-30)
                 lam = _project_simplex(lam + (0.5 / np.sqrt(t + 1.0)) * grad)
         G[:, d] = best
+        lam_out[:, d, rows] = best_lam
         coef[:, d] = np.einsum("nm,nmi->ni", best_lam, Ad)
         mag = np.abs(cd) + np.abs(b[rows])[None] + (np.abs(Ad) * np.maximum(np.abs(lo3), np.abs(hi3))).sum(axis=2)
         scale[:, d] = 1.0 + (best_lam * mag).sum(axis=1)
-    return G, coef, scale
+    return G, coef, scale, lam_out
+
+
+def joint_proofs(bounder, open_, lam, R, b, owner, tol):
+    """Disjuncts proved by CROWN on their combined row: for each disjunct ``d`` with
+    several rows open on some box, the row ``lam[:, d] @ R`` per box (``lam`` from
+    :func:`disjunct_dual`) is bounded over the boxes of ``bounder``'s last call
+    (:meth:`BoxBounder.joint`); ``lam >= 0`` and ``R y <= b`` on the disjunct give
+    ``lam @ R y <= lam @ b``, so a lower bound above ``lam @ b`` (by the relative margin
+    ``tol``) proves it infeasible on that box.
+
+    ``open_ (N, D)``, ``lam (N, D, K)``, ``R (K, n_out)``, ``b (K,)``, ``owner (K,)``.
+    Returns ``(N, D)`` booleans (False where not tried)."""
+    N, D = open_.shape
+    out = np.zeros((N, D), dtype=bool)
+    multi = [d for d in range(D) if (owner == d).sum() > 1 and open_[:, d].any()]
+    if not multi:
+        return out
+    lam_m = lam[:, multi]  # (N, M, K)
+    got = bounder.joint(np.einsum("nmk,ko->nmo", lam_m, R))
+    if got is None:
+        return out
+    low = got[0]
+    lb = lam_m @ b  # (N, M)
+    out[:, multi] = low - lb > tol * (1.0 + np.abs(lb) + np.abs(low))
+    return out

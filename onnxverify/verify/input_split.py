@@ -15,6 +15,16 @@ evaluated, and a few PGD steps run inside the worst children; a point goes to on
 (``s.confirm``) only, so ``sat`` is never decided from bounds. ``unsat`` only when every
 box of every case is proved.
 
+Per network, the bound method and precision are chosen by a race (:func:`_race`): when
+the cascade's tightest method in float64 has not decided the case within a short slice,
+the cheaper linear method that ran (``crown-lbp``) and then float32 get the same slice each
+from the root box, and the search that proved the most volume goes on (its queue is kept;
+the others are dropped). All candidates give sound bounds: only the speed differs (on
+reach_prob_density's robot net crown-lbp is 2-3x faster per box and as tight as CROWN at
+these box sizes; on ACAS Xu it is too loose). With at most :data:`ALL_DIMS` free inputs
+every free dimension is a trial split (``k`` = their number): on the robot net this
+needed 4x fewer expansions than ``k = 3``.
+
 The search can stop at a soft time (``stop_at``) and resume later from its queue (the
 cascade gives neuron branch and bound a turn in between, :func:`split_policy`).
 """
@@ -24,12 +34,16 @@ import time
 
 import numpy as np
 
-from .box_bounds import BoxBounder, disjunct_dual
+from .box_bounds import BoxBounder, disjunct_dual, joint_proofs
 from .deadline import Decided, TimeUp
 
 __all__ = ["split_applicable", "branch_and_bound", "SplitState", "split_policy"]
 
 LARGE_INPUT = 1024
+#: up to this many free inputs, every free dimension is a trial split
+ALL_DIMS = 6
+#: linear methods the race may try instead of the cascade's tightest (when they ran)
+CHEAPER = ("crown-lbp",)
 
 
 def split_applicable(s):
@@ -109,17 +123,19 @@ class _Queue:
 class _CaseSearch:
     """Input splitting on one case of solver ``s``."""
 
-    def __init__(self, s, cs, k_trial, max_children=None):
+    def __init__(self, s, cs, k_trial, max_children=None, config=None):
         from .attack import CaseObjective
 
-        self.s, self.cs, self.k = s, cs, k_trial
+        self.s, self.cs = s, cs
         c = cs.case
         self.root_w = c.x_upper - c.x_lower
         self.free = np.flatnonzero(self.root_w > 0)
+        if k_trial is None:
+            k_trial = len(self.free) if len(self.free) <= ALL_DIMS else 3
         self.k = max(1, min(k_trial, len(self.free)))
         self.D = len(cs.open)
-        method, strategy = s.best_method
-        dtype = np.float32 if s.prop.n_inputs > LARGE_INPUT else np.float64
+        method, strategy, dtype = config or default_config(s)
+        self.config = (method, strategy, dtype)
         self.tol = 1e-4 if dtype == np.float32 else 1e-9
         self.bounder = BoxBounder(s.net.graph, cs.R, method, strategy or "adaptive", dtype, s.max_memory)
         self.objective = CaseObjective(c.y_disjuncts, s.n_out)
@@ -154,8 +170,11 @@ class _CaseSearch:
         sens = np.zeros_like(width)
         if lines is not None:
             # the rows of each disjunct jointly (one linear bound per row, combined)
-            G, coef, scale = disjunct_dual(lines[0], lines[1], b, owner, self.D, lo, hi)
+            G, coef, scale, lam = disjunct_dual(lines[0], lines[1], b, owner, self.D, lo, hi)
             op &= ~(G > self.tol * scale)
+            # one more pass: each several-row disjunct's rows combined (proofs only: fed the
+            # combined margins, the split choice chased them and needed 3-5x more boxes)
+            op &= ~joint_proofs(self.bounder, op, lam, cs.R[rows], b, owner, self.tol)
             per = np.maximum(per, G)
             per[~op] = np.inf
             worst = np.argmin(per, axis=1)
@@ -281,11 +300,73 @@ class _CaseSearch:
             self.children //= 2
 
 
+def default_config(s):
+    """``(method, strategy, dtype)``: the cascade's tightest method; float64 below
+    :data:`LARGE_INPUT` inputs, else float32."""
+    method, strategy = s.best_method
+    return method, strategy, (np.float32 if s.prop.n_inputs > LARGE_INPUT else np.float64)
+
+
+def race_candidates(s):
+    """The configurations the race tries after :func:`default_config`, in order: each
+    :data:`CHEAPER` method that ran in the cascade at the default precision, then (below
+    :data:`LARGE_INPUT` inputs) float32 with whichever won. Returns ``(methods, try_f32)``."""
+    method, strategy, dtype = default_config(s)
+    methods = [(m, st) for m, st in s.ran_ok if m in CHEAPER and m != method]
+    return methods[:1], dtype == np.float64
+
+
+def _run_slice(s, srch, seconds):
+    """Start ``srch`` and step it for ``seconds``; True when its queue emptied (proved)."""
+    end = time.monotonic() + seconds
+    srch.start()
+    while len(srch.queue) and srch.cs.open.any() and time.monotonic() < end and len(srch.queue) <= srch.max_queue:
+        s.check_time()
+        srch.step()
+    return len(srch.queue) == 0
+
+
+def _race(s, cs, k_trial, max_children, stop_at, trial):
+    """The search for case ``cs`` with the configuration that proved the most volume in
+    equal slices (``trial`` gets one dict per candidate). The default goes first and keeps
+    its lead on ties; a search that proves the case wins at once."""
+    slice_s = float(np.clip(0.04 * s.remaining(), 0.5, 3.0))
+    methods, try_f32 = race_candidates(s)
+    n = 1 + len(methods) + int(try_f32)
+    if n == 1 or (stop_at is not None and stop_at - time.monotonic() < (n + 1) * slice_s):
+        srch = _CaseSearch(s, cs, k_trial, max_children)  # nothing to race, or no time before the pause
+        srch.start()
+        return srch
+    best = None
+
+    def run(config):
+        nonlocal best
+        srch = _CaseSearch(s, cs, k_trial, max_children, config)
+        t = time.monotonic()
+        done = _run_slice(s, srch, slice_s)
+        trial.append({"method": "+".join(x for x in config[:2] if x), "dtype": np.dtype(config[2]).name,
+                      "proved_volume": round(srch.proved_volume, 6), "time": round(time.monotonic() - t, 3),
+                      "queue": len(srch.queue)})
+        if best is None or done or srch.proved_volume > best.proved_volume:
+            best = srch
+        return done
+
+    if run(default_config(s)):
+        return best
+    for m, st in methods:
+        if run((m, st, best.config[2])):
+            return best
+    if try_f32:
+        run(best.config[:2] + (np.float32,))
+    return best
+
+
 class SplitState:
-    """The searches of every case, kept between turns."""
+    """The searches of every case, kept between turns; ``trial``: the race's candidates."""
 
     def __init__(self):
         self.searches = {}
+        self.trial = []
         self.stats = {"bounded": 0, "expanded": 0, "rounds": 0, "queue": 0, "proved_volume": 0.0, "turns": 0}
         self.time = 0.0
         self.paused = False
@@ -297,25 +378,32 @@ def _default_memory():
     return default_max_memory()
 
 
-def branch_and_bound(s, stop_at=None, state=None, k_trial=3, max_children=None):
+def branch_and_bound(s, stop_at=None, state=None, k_trial=None, max_children=None, config=None, race=True):
     """Split the input boxes of the open cases until every box is proved (``unsat``), a
     candidate is confirmed (``sat``), the soft stop ``stop_at`` (``time.monotonic()``), or
     the deadline (``TimeUp``) or queue limit. Returns the :class:`SplitState` to resume
-    from when it stops without a verdict (None when the queue limit was hit)."""
+    from when it stops without a verdict (None when the queue limit was hit).
+
+    ``k_trial``: trial splits per box (None: every free dimension up to :data:`ALL_DIMS`,
+    else 3); ``config``: ``(method, strategy, dtype)`` for every case (None: the first case
+    searched races the candidates, :func:`_race`, when ``race``; later cases use its
+    winner)."""
     t = time.monotonic()
     state = state or SplitState()
     state.paused = False
     state.stats["turns"] += 1
     stats = s.bab_stats = state.stats
-    method = "+".join(x for x in s.best_method if x)
 
     def note(result):
         vols = [x.proved_volume for x in state.searches.values()]
         stats["proved_volume"] = round(float(np.mean(vols)) if vols else 0.0, 6)
         dt = time.monotonic() - t
         state.time += dt
-        s.note("split", t, result=result, method=method, k_trial=k_trial,
-               boxes_per_s=round(stats["bounded"] / max(state.time, 1e-9), 1), **stats)
+        cfg = next(iter(state.searches.values())).config if state.searches else config or default_config(s)
+        extra = {"trial": state.trial} if state.trial and stats["turns"] == 1 else {}
+        k = next(iter(state.searches.values())).k if state.searches else k_trial
+        s.note("split", t, result=result, method="+".join(x for x in cfg[:2] if x), dtype=np.dtype(cfg[2]).name,
+               k_trial=k, boxes_per_s=round(stats["bounded"] / max(state.time, 1e-9), 1), **stats, **extra)
 
     try:
         for i, cs in enumerate(s.cases):
@@ -323,8 +411,13 @@ def branch_and_bound(s, stop_at=None, state=None, k_trial=3, max_children=None):
                 continue
             srch = state.searches.get(i)
             if srch is None:
-                srch = state.searches[i] = _CaseSearch(s, cs, k_trial, max_children)
-                srch.start()
+                chosen = config or (next(iter(state.searches.values())).config if state.searches else None)
+                if chosen is None and race:
+                    srch = _race(s, cs, k_trial, max_children, stop_at, state.trial)
+                else:
+                    srch = _CaseSearch(s, cs, k_trial, max_children, chosen)
+                    srch.start()
+                state.searches[i] = srch
             while len(srch.queue) and cs.open.any():
                 s.check_time()
                 if stop_at is not None and time.monotonic() >= stop_at:
