@@ -22,7 +22,7 @@ import numpy as np
 from .beta import BabProblem, DomainBatch, bound_domains
 from .branching import top_candidates
 
-__all__ = ["BabSettings", "neuron_bab", "flat_alpha"]
+__all__ = ["BabSettings", "neuron_bab", "bab_by_disjunct", "flat_alpha"]
 
 
 class BabSettings:
@@ -35,6 +35,8 @@ class BabSettings:
     batch = 64  # first batch of parents; adapts to the round time
     round_s = (0.5, 3.0)  # aim for rounds of this many seconds
     memory_fraction = 0.3  # of max_memory for the queue
+    fast_dtype = np.float32  # of the Adam steps (the bounds themselves are in the problem's dtype)
+    propagate = True  # interval pass per subdomain after its splits (else the root's bounds, clamped)
 
 
 def flat_alpha(P: BabProblem, alphas: dict, K: int) -> np.ndarray:
@@ -102,7 +104,7 @@ class _Search:
         self.max_domains = max(16, int(settings.memory_fraction * mem // rec_bytes))
         self.batch = min(settings.batch, self.max_batch)
 
-    def bound(self, doms, iters, scores):
+    def bound(self, doms, iters, scores, sound=True):
         ts = time.monotonic()
         out = []
         step = max(1, self.max_batch)
@@ -112,7 +114,8 @@ class _Search:
                               None if doms.alpha is None else doms.alpha[i:i + step], doms.open[i:i + step])
             self.s.check_time()
             out.append(bound_domains(self.bk, self.P, sub, self.root_alpha, iters, self.cfg.lr_alpha,
-                                     self.cfg.lr_beta, scores, deadline=self.s.deadline, rows=rows))
+                                     self.cfg.lr_beta, scores, deadline=self.s.deadline, rows=rows,
+                                     fast_dtype=self.cfg.fast_dtype, sound=sound, propagate=self.cfg.propagate))
         self.stats["bound_s"] += time.monotonic() - ts
         if len(out) == 1:
             return out[0]
@@ -141,7 +144,7 @@ class _Search:
                 for c in range(kk):
                     trial.append(dict(r, split=(node[i, c], idx[i, c], t[i, c])))
             kids = _children(trial, self.K)
-            tr = self.bound(_batch(kids, self.P, self.K), 0, False)
+            tr = self.bound(_batch(kids, self.P, self.K), 0, False, sound=False)  # ranking only
             opens = np.repeat(doms.open, 2 * kk, axis=0)
             w = _worst_margin(self.P, tr["lower"], opens & ~self.P.proved_disjuncts(tr["lower"]))
             w = w.reshape(B, kk, 2)
@@ -280,3 +283,21 @@ def neuron_bab(s, cs, P: BabProblem, root_alpha, root_open, stats: dict, setting
     search = _Search(s, cs, P, root_alpha, torch_backend(), settings or BabSettings(), stats)
     search.objective = CaseObjective(cs.case.y_disjuncts, s.n_out)
     return search.run(root_open)
+
+
+def bab_by_disjunct(s, cs, P: BabProblem, root_alpha, root_lower, stats: dict, settings=None, proved=None) -> bool:
+    """:func:`neuron_bab` once per disjunct of ``P`` (each search bounds that disjunct's rows
+    only; the case holds when every disjunct is infeasible), the worst first by
+    ``root_lower (1, K)`` (a counterexample most likely violates it); ``proved(j)`` is called
+    as each disjunct ``j`` is proved. Returns True when all are; stops at the first that is
+    not (``stats``: ``disjuncts``, ``disjuncts_proved`` and :func:`neuron_bab`'s, summed)."""
+    stats["disjuncts"] = P.n_disj
+    stats.setdefault("disjuncts_proved", 0)
+    for j in np.argsort(P.disjunct_margins(root_lower)[0], kind="stable"):
+        P_j, rows = P.disjunct(int(j))
+        if not neuron_bab(s, cs, P_j, root_alpha[:, rows], np.ones(1, dtype=bool), stats, settings):
+            return False
+        stats["disjuncts_proved"] += 1
+        if proved is not None:
+            proved(int(j))
+    return True

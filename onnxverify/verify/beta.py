@@ -18,7 +18,7 @@ Shapes: ``B`` subdomains, ``K`` spec rows, ``D`` splits per subdomain (padded wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -81,6 +81,14 @@ class BabProblem:
                 off += n.size
         self.n_alpha = off
 
+    def disjunct(self, j: int):
+        """Disjunct ``j`` alone: ``(problem with its rows only, their indices (K_j,))`` (a
+        case is proved when each of its disjuncts is, so each can get its own search)."""
+        m = np.flatnonzero(self.owner == j)
+        P = replace(self, R=self.R[m], b=self.b[m], owner=np.zeros(len(m), dtype=np.int64))
+        P._base = getattr(self, "_base", None)  # the unsplit interval pass does not depend on the rows
+        return P, m
+
     def proved_rows(self, lower):
         """``(N, K)``: rows whose lower bound beats its threshold by the proof margin."""
         b = self.b[None]
@@ -94,19 +102,39 @@ class BabProblem:
     def proved_disjuncts(self, lower):
         return (self.proved_rows(lower)[:, None, :] & self.disj_mask[None]).any(axis=2)
 
-    def clamped_bounds(self, splits):
+    def clamped_bounds(self, splits, propagate: bool = True):
         """Bounds of every node on each subdomain: ``{name: (lo, hi)}`` NumPy ``(B, *shape)``
         (the input box included), and ``empty (B,)``.
 
-        One interval pass through the graph (the rules' interval methods), in which each
-        node's interval is intersected with the root's bounds (valid on the whole box) and a
-        split node's with its split constraints: so the layers after a split get tighter
-        bounds, the layers before keep the root's. Every interval holds for every input of
-        the subdomain; one with ``lo > hi`` (beyond rounding) proves the subdomain holds no
-        input (``empty``). Empty subdomains get the root's bounds (finite, never used)."""
+        With ``propagate``: one interval pass through the graph (the rules' interval
+        methods), in which each node's interval is intersected with the root's bounds (valid
+        on the whole box) and a split node's with its split constraints: so the layers after
+        a split get (IBP-)tighter bounds, the layers before keep the root's. Without: the
+        root's bounds (and, for nodes the root has none of, one interval pass of the
+        unsplit box, computed once) with each split node clamped by its split constraints:
+        no pass per subdomain, never tighter. Either way every interval holds for every
+        input of the subdomain; one with ``lo > hi`` (beyond rounding) proves the
+        subdomain holds no input (``empty``). Empty subdomains get the root's bounds
+        (finite, never used)."""
         node, idx, side, t = splits
         g = self.graph
         B = node.shape[0]
+        if not propagate:
+            if getattr(self, "_base", None) is None:
+                one = (np.full((1, 0), -1), np.zeros((1, 0), int), np.zeros((1, 0), int), np.zeros((1, 0)))
+                self._base = self.clamped_bounds(one, True)[0]
+            cur, empty = {}, np.zeros(B, dtype=bool)
+            for name, (lo, hi) in self._base.items():
+                shape = (B,) + lo.shape[1:]
+                if name not in self.split_nodes:
+                    cur[name] = (np.broadcast_to(lo, shape), np.broadcast_to(hi, shape))
+                    continue
+                k = self.split_nodes.index(name)
+                lo, hi = self._clamp(k, B, np.repeat(lo, B, axis=0), np.repeat(hi, B, axis=0), splits)
+                gap = (lo - hi).reshape(B, -1)
+                empty |= (gap > 1e-9 * (1 + np.abs(hi).reshape(B, -1))).any(axis=1)
+                cur[name] = (lo, np.maximum(hi, lo))
+            return self._restore_empty(cur, empty, B)
         cur = {g.input.name: (np.repeat(self.lo.reshape((1,) + g.input_shape), B, axis=0),
                               np.repeat(self.hi.reshape((1,) + g.input_shape), B, axis=0))}
         empty = np.zeros(B, dtype=bool)
@@ -119,15 +147,23 @@ class BabProblem:
                 lo = np.maximum(lo, np.asarray(r_lo, dtype=np.float64))
                 hi = np.minimum(hi, np.asarray(r_hi, dtype=np.float64))
             if n.name in self.split_nodes:
-                k = self.split_nodes.index(n.name)
-                lo, hi = lo.reshape(B, -1).copy(), hi.reshape(B, -1).copy()
-                for s_, arr, fn in ((1, lo, np.maximum), (-1, hi, np.minimum)):
-                    bb, dd = np.nonzero((node == k) & (side == s_))
-                    fn.at(arr, (bb, idx[bb, dd]), t[bb, dd])
-                lo, hi = lo.reshape((B,) + tuple(n.shape)), hi.reshape((B,) + tuple(n.shape))
+                lo, hi = self._clamp(self.split_nodes.index(n.name), B, lo, hi, splits)
             gap = (lo - hi).reshape(B, -1)
             empty |= (gap > 1e-9 * (1 + np.abs(hi).reshape(B, -1))).any(axis=1)
             cur[n.name] = (lo, np.maximum(hi, lo))
+        return self._restore_empty(cur, empty, B)
+
+    def _clamp(self, k, B, lo, hi, splits):
+        """``lo, hi (B, *shape)`` of split node ``k`` intersected with the split constraints."""
+        node, idx, side, t = splits
+        shape = lo.shape
+        lo, hi = lo.reshape(B, -1).copy(), hi.reshape(B, -1).copy()
+        for s_, arr, fn in ((1, lo, np.maximum), (-1, hi, np.minimum)):
+            bb, dd = np.nonzero((node == k) & (side == s_))
+            fn.at(arr, (bb, idx[bb, dd]), t[bb, dd])
+        return lo.reshape(shape), hi.reshape(shape)
+
+    def _restore_empty(self, cur, empty, B):
         out = {}
         for name, (lo, hi) in cur.items():
             if name in self.root and empty.any():
@@ -187,90 +223,133 @@ def _lagrangian(bk, P, splits, beta, B, K, dtype):
     return extra, const
 
 
-def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int = 10, lr_alpha: float = 0.1,
-                  lr_beta: float = 0.05, scores: bool = False, deadline=None, rows=None):
-    """Optimise and bound ``doms``. Returns a dict: ``lower (B, K)`` (``+inf`` rows for empty
-    subdomains), ``alpha (B, K, A)`` and ``beta (B, D, K)`` (float32 warm starts),
-    ``bounds`` (the clamped intermediate bounds, NumPy), ``empty (B,)``, ``x`` (the input
-    minimising each row's last linear bound, ``(B, K, n_in)``), and with ``scores`` the
-    gradients ``{node name: (gL, gU)}`` of the objective with respect to each optimisable
-    node's lower/upper intercepts ``(B, K', *shape)`` (for branching).
+class _Pass:
+    """The output pass of one batch in one dtype: engine (bounds of ``bounds``), recording
+    box and spec rows ``lam (B, K, *out_shape)``."""
 
-    Only the rows of disjuncts open in some subdomain are bounded (``rows``: their indices,
-    default from ``doms.open``; ``K'`` of them); the others belong to disjuncts already
-    proved in every subdomain of the batch and get ``lower = +inf`` (proved) and their old
-    parameters."""
-    import time
+    def __init__(self, bk, P, bounds, empty, rows, dtype):
+        g = P.graph
+        B = len(empty)
+        self.bk, self.P, self.dtype, self.B, self.K = bk, P, dtype, B, len(rows)
+        self.box = _RecordingBox(np.repeat(P.lo.reshape((1,) + g.input_shape), B, axis=0),
+                                 np.repeat(P.hi.reshape((1,) + g.input_shape), B, axis=0))
+        env = {g.input.name: (bk.asarray(self.box.lower, dtype=dtype), bk.asarray(self.box.upper, dtype=dtype))}
+        for name, (lo, hi) in bounds.items():
+            # empty subdomains get a harmless interval (their bound is +inf anyway)
+            lo = np.where(empty.reshape((B,) + (1,) * (lo.ndim - 1)), np.minimum(lo, hi), lo)
+            env[name] = (bk.asarray(lo, dtype=dtype), bk.asarray(hi, dtype=dtype))
+        self.eng = LinearEngine(g, self.box, bk, dtype, P.strategy, env)
+        self.eng.bounds.update(env)
+        out = g[g.output]
+        self.lam = bk.asarray(np.repeat(P.R[rows].reshape((1, self.K) + tuple(out.shape)), B, axis=0), dtype=dtype)
 
-    torch = bk.xp
-    g, dtype = P.graph, P.dtype
-    B, K_all = len(doms), len(P.b)
-    if rows is None:
-        rows = np.flatnonzero((doms.open[:, :, None] & P.disj_mask[None]).any(axis=(0, 1)))
-    rows = np.asarray(rows, dtype=np.int64)
-    K = len(rows)
-    bounds, empty = P.clamped_bounds(doms.splits)
-    box = _RecordingBox(np.repeat(P.lo.reshape((1,) + g.input_shape), B, axis=0),
-                        np.repeat(P.hi.reshape((1,) + g.input_shape), B, axis=0))
-    env = {g.input.name: (bk.asarray(box.lower, dtype=dtype), bk.asarray(box.upper, dtype=dtype))}
-    for name, (lo, hi) in bounds.items():
-        # empty subdomains get a harmless interval (their bound is +inf anyway)
-        lo = np.where(empty.reshape((B,) + (1,) * (lo.ndim - 1)), np.minimum(lo, hi), lo)
-        env[name] = (bk.asarray(lo, dtype=dtype), bk.asarray(hi, dtype=dtype))
-    eng = LinearEngine(g, box, bk, dtype, P.strategy, env)
-    eng.bounds.update(env)
-    out = g[g.output]
-    lam = bk.asarray(np.repeat(P.R[rows].reshape((1, K) + tuple(out.shape)), B, axis=0), dtype=dtype)
-    a0 = doms.alpha if doms.alpha is not None else np.repeat(root_alpha, B, axis=0)
-    alpha = bk.asarray(np.asarray(a0[:, rows], dtype=np.float64), dtype=dtype).requires_grad_(True)
-    beta = bk.asarray(np.asarray(doms.beta[:, :, rows], dtype=np.float64), dtype=dtype).requires_grad_(True)
-    open_t = bk.asarray(doms.open.astype(np.float64), dtype=dtype)  # (B, J)
-    mask_t = bk.asarray(P.disj_mask[:, rows].astype(np.float64), dtype=dtype)  # (J, K)
-    b_t = bk.asarray(P.b[rows], dtype=dtype)
-    opt = Adam([([alpha], lr_alpha)] + ([([beta], lr_beta)] if beta.shape[1] else []), decay=0.98)
-    keep = bk.asarray((~empty).astype(np.float64), dtype=dtype)[:, None]
-    best = None
-    best_alpha, best_beta = alpha.detach().clone(), beta.detach().clone()
-    zs = {}
-    for it in range(iters + 1):
-        last = it == iters or (deadline is not None and time.monotonic() >= deadline)
-        relax = alpha_relax(bk, g, eng, _alpha_dict(bk, P, alpha))
-        if last and scores:
+    def lower(self, splits, alpha, beta, zs=None):
+        """``(B, K)`` lower bounds for line parameters ``alpha (B, K, A)`` and multipliers
+        ``beta (B, D, K)``; with ``zs`` (a dict), zero offsets of every node's intercepts
+        that require grad are added (their gradients are the branching scores)."""
+        bk, P = self.bk, self.P
+        torch = bk.xp
+        relax = alpha_relax(bk, P.graph, self.eng, _alpha_dict(bk, P, alpha))
+        if zs is not None:
             for name, (aL, bL, aU, bU) in relax.items():
                 zL = torch.zeros(aL.shape, dtype=aL.dtype, requires_grad=True)
                 zU = torch.zeros(aL.shape, dtype=aL.dtype, requires_grad=True)
                 zs[name] = (zL, zU)
                 relax[name] = (aL, bL + zL, aU, bU + zU)
-        extra, const = _lagrangian(bk, P, doms.splits, beta, B, K, dtype)
-        low, _ = backward(eng, g.output, lam, upper=False, relax=relax, extra=extra)
-        low = low + const
-        diff = low - b_t  # (B, K)
-        margin = torch.where(mask_t[None] > 0, diff[:, None, :], torch.full_like(diff[:, None, :], -np.inf)).amax(2)
-        # disjuncts closed everywhere may have no bounded row (margin -inf): where, not a product
-        obj = torch.where((open_t * keep) > 0, torch.clamp(margin, max=0.0), torch.zeros_like(margin)).sum()
-        with torch.no_grad():
-            cur = low.detach()
-            if best is None:
-                best = cur.clone()
-            else:  # per subdomain, keep the parameters of the iterate with the best worst margin
-                better = _worst(margin.detach(), open_t) > _worst(_margins(best - b_t, mask_t), open_t)
-                best = torch.maximum(best, cur)
-                best_alpha[better] = alpha.detach()[better]
-                best_beta[better] = beta.detach()[better]
-        if last:
+        extra, const = _lagrangian(bk, P, splits, beta, self.B, self.K, self.dtype)
+        low, _ = backward(self.eng, P.graph.output, self.lam, upper=False, relax=relax, extra=extra)
+        return low + const
+
+    def lines(self, alpha):
+        bk, P = self.bk, self.P
+        return {n: tuple(np.asarray(bk.to_numpy(v.detach() if hasattr(v, "detach") else v)) for v in r)
+                for n, r in alpha_relax(bk, P.graph, self.eng, _alpha_dict(bk, P, alpha.detach())).items()}
+
+
+def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int = 10, lr_alpha: float = 0.1,
+                  lr_beta: float = 0.05, scores: bool = False, deadline=None, rows=None, fast_dtype=None,
+                  sound: bool = True, propagate: bool = True):
+    """Optimise and bound ``doms``. Returns a dict: ``lower (B, K)`` (``+inf`` rows for empty
+    subdomains), ``alpha (B, K, A)`` and ``beta (B, D, K)`` (float32 warm starts),
+    ``bounds`` (the clamped intermediate bounds, NumPy; ``propagate``: see
+    :meth:`BabProblem.clamped_bounds`), ``empty (B,)``, ``x`` (the input minimising each
+    row's last linear bound, ``(B, K, n_in)``), and with ``scores`` the gradients ``{node
+    name: (gL, gU)}`` of the objective with respect to each optimisable node's lower/upper
+    intercepts ``(B, K', *shape)`` (for branching) and the lines ``{node name: (aL, bL, aU,
+    bU)}`` they were taken at.
+
+    Only the rows of disjuncts open in some subdomain are bounded (``rows``: their indices,
+    default from ``doms.open``; ``K'`` of them); the others belong to disjuncts already
+    proved in every subdomain of the batch and get ``lower = +inf`` (proved) and their old
+    parameters.
+
+    The Adam steps run in ``fast_dtype`` (default ``P.dtype``). When that is coarser than
+    ``P.dtype``, the parameters of each subdomain's best iterate are evaluated once more in
+    ``P.dtype`` and that pass alone gives ``lower`` (and the scores): the bounds are as
+    sound as ``P.dtype``'s. ``sound=False`` (ranking trial splits) skips that pass and
+    returns the ``fast_dtype`` bounds without gradients."""
+    import time
+
+    torch = bk.xp
+    B, K_all = len(doms), len(P.b)
+    if rows is None:
+        rows = np.flatnonzero((doms.open[:, :, None] & P.disj_mask[None]).any(axis=(0, 1)))
+    rows = np.asarray(rows, dtype=np.int64)
+    fast = np.dtype(P.dtype if fast_dtype is None else fast_dtype)
+    final = np.dtype(P.dtype) != fast and sound  # a last pass in P.dtype gives the bounds
+    bounds, empty = P.clamped_bounds(doms.splits, propagate)
+    ps = _Pass(bk, P, bounds, empty, rows, fast)
+    a0 = doms.alpha if doms.alpha is not None else np.repeat(root_alpha, B, axis=0)
+    alpha = bk.asarray(np.asarray(a0[:, rows], dtype=np.float64), dtype=fast)
+    beta = bk.asarray(np.asarray(doms.beta[:, :, rows], dtype=np.float64), dtype=fast)
+    grads = iters > 0 or (scores and not final)
+    alpha.requires_grad_(grads)
+    beta.requires_grad_(grads)
+    open_t = bk.asarray(doms.open.astype(np.float64), dtype=fast)  # (B, J)
+    mask_t = bk.asarray(P.disj_mask[:, rows].astype(np.float64), dtype=fast)  # (J, K)
+    b_t = bk.asarray(P.b[rows], dtype=fast)
+    opt = Adam([([alpha], lr_alpha)] + ([([beta], lr_beta)] if beta.shape[1] else []), decay=0.98)
+    keep = bk.asarray((~empty).astype(np.float64), dtype=fast)[:, None]
+    best = None
+    best_alpha, best_beta = alpha.detach().clone(), beta.detach().clone()
+    zs = {} if scores and not final else None
+    with torch.set_grad_enabled(grads):
+        for it in range(0 if final and iters == 0 else iters + 1):
+            last = it == iters or (deadline is not None and time.monotonic() >= deadline)
+            low = ps.lower(doms.splits, alpha, beta, zs if last else None)
+            obj = _objective(low, b_t, mask_t, open_t, keep)
+            with torch.no_grad():
+                if best is None:
+                    best = low.detach().clone()
+                else:  # per row (its bound depends on its own parameters only), the best iterate's
+                    better = low.detach() > best
+                    best = torch.where(better, low.detach(), best)
+                    best_alpha = torch.where(better[:, :, None], alpha.detach(), best_alpha)
+                    best_beta = torch.where(better[:, None, :], beta.detach(), best_beta)
+            if last:
+                if zs is not None:
+                    obj.backward()
+                break
+            opt.zero_grad()
+            (-obj).backward()
+            opt.step()
+            with torch.no_grad():
+                alpha.clamp_(0.0, 1.0)
+                beta.clamp_(min=0.0)
+    if final:  # the sound bounds: the best parameters in P.dtype
+        ps = _Pass(bk, P, bounds, empty, rows, P.dtype)
+        alpha_f, beta_f = best_alpha.to(ps.lam.dtype), best_beta.to(ps.lam.dtype)
+        zs = {} if scores else None
+        with torch.set_grad_enabled(scores):
+            best = ps.lower(doms.splits, alpha_f, beta_f, zs)
             if scores:
-                obj.backward()
-            break
-        opt.zero_grad()
-        (-obj).backward()
-        opt.step()
-        with torch.no_grad():
-            alpha.clamp_(0.0, 1.0)
-            beta.clamp_(min=0.0)
+                _objective(best, bk.asarray(P.b[rows], dtype=P.dtype), mask_t.to(best.dtype),
+                           open_t.to(best.dtype), keep.to(best.dtype)).backward()
+        best = best.detach()
     lower = np.full((B, K_all), np.inf)
     lower[:, rows] = np.asarray(bk.to_numpy(best), dtype=np.float64)
     lower[empty] = np.inf
-    A = box.last  # (B, K, n_in): the last pass's input coefficients
+    A = ps.box.last  # (B, K, n_in): the last pass's input coefficients
     x = None
     if A is not None:
         lo_f, hi_f = P.lo.reshape(1, 1, -1), P.hi.reshape(1, 1, -1)
@@ -284,15 +363,20 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     if scores:
         res["scores"] = {n: tuple(None if z.grad is None else np.asarray(bk.to_numpy(z.grad)) for z in zz)
                          for n, zz in zs.items()}
-        res["lines"] = {n: tuple(np.asarray(bk.to_numpy(v.detach() if hasattr(v, "detach") else v)) for v in r)
-                        for n, r in alpha_relax(bk, g, eng, _alpha_dict(bk, P, alpha.detach())).items()}
+        res["lines"] = ps.lines(alpha_f if final else alpha)
     return res
 
 
-def _margins(diff, mask_t):
-    return diff[:, None, :].masked_fill(mask_t[None] <= 0, -np.inf).amax(2)
+def _objective(low, b_t, mask_t, open_t, keep):
+    """Sum over subdomains and open disjuncts of ``min(margin, 0)`` (scalar)."""
+    torch = _torch()
+    diff = low - b_t  # (B, K)
+    margin = torch.where(mask_t[None] > 0, diff[:, None, :], torch.full_like(diff[:, None, :], -np.inf)).amax(2)
+    # disjuncts closed everywhere may have no bounded row (margin -inf): where, not a product
+    return torch.where((open_t * keep) > 0, torch.clamp(margin, max=0.0), torch.zeros_like(margin)).sum()
 
 
-def _worst(margin, open_t):
-    """Worst open disjunct margin per subdomain ``(B,)`` (``+inf`` when none is open)."""
-    return margin.masked_fill(open_t <= 0, np.inf).amin(1)
+def _torch():
+    import torch
+
+    return torch

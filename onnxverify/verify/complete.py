@@ -100,7 +100,7 @@ def _torch_ready(s) -> bool:
 def complete_steps(s):
     """Run alpha-CROWN, MILP and neuron branch and bound on every open case of solver ``s``;
     raises ``Decided("unsat")`` when every case is proved."""
-    from .bab import BabSettings, flat_alpha, neuron_bab
+    from .bab import BabSettings, bab_by_disjunct, flat_alpha
     from .beta import BabProblem
     from .milp import decide_case
 
@@ -155,8 +155,12 @@ def complete_steps(s):
         root_alpha = flat_alpha(P, {n: tuple(a[:, still] for a in v) for n, v in res.alphas.items()}, len(b))
         t = time.monotonic()
         stats = {}
+
+        def proved(j):
+            cs.open[ids[j]] = False
+
         try:
-            ok = neuron_bab(s, cs, P, root_alpha, np.ones(P.n_disj, dtype=bool), stats, BabSettings())
+            ok = bab_by_disjunct(s, cs, P, root_alpha, res.lower[:, still], stats, BabSettings(), proved)
         except TimeUp:
             s.note("bab", t, result="timeout", **_summary(stats, t))
             raise
