@@ -169,3 +169,23 @@ def test_search_per_disjunct_complete_on_tiny_nets(acts, seed):
         assert got == expect, (acts, seed, shift, m, stats)
         if got is True:
             assert sorted(proved) == [0, 1] and stats["disjuncts_proved"] == 2
+
+
+def test_children_split_on_several_neurons_cover_every_sign_combination():
+    from onnxverify.verify.bab import _children
+
+    K = 2
+    parent = {"node": np.array([0]), "idx": np.array([4]), "side": np.array([1]), "t": np.array([0.0]),
+              "beta": np.ones((1, K), np.float32), "alpha": np.zeros((1, K, 3), np.float16),
+              "open": np.ones(1, bool), "split": [(0, 1, 0.0), (1, 2, 0.5), (1, 3, -0.5)]}
+    for depth, n in ((1, 2), (2, 4), (3, 8), (5, 8)):
+        kids = _children([parent], K, depth)
+        assert len(kids) == n
+        d = int(np.log2(n))
+        signs = {tuple(k["side"][1:]) for k in kids}
+        assert len(signs) == n and all(len(sg) == d for sg in signs)  # each combination once
+        for k in kids:
+            np.testing.assert_array_equal(k["node"], [0] + [c[0] for c in parent["split"][:d]])
+            np.testing.assert_array_equal(k["idx"], [4] + [c[1] for c in parent["split"][:d]])
+            np.testing.assert_array_equal(k["t"], [0.0] + [c[2] for c in parent["split"][:d]])
+            assert k["beta"].shape == (1 + d, K) and np.all(k["beta"][1:] == 0) and k["beta"][0, 0] == 1

@@ -2,8 +2,10 @@
 
 Subdomains wait in a priority queue, worst first (the smallest worst-disjunct margin): each
 round pops a batch, splits each subdomain on the neuron chosen when it was bounded (two
-children: ``h >= t`` and ``h <= t``), bounds every child at once with optimised lines and
-split multipliers (:func:`~.beta.bound_domains`, warm-started from the parent), drops the
+children: ``h >= t`` and ``h <= t``; while few subdomains are open, on its ``d`` best
+neurons at once, ``2^d`` children, so that the batch fills), bounds every child at once with
+optimised lines and split multipliers (:func:`~.beta.bound_domains`: Adam steps in float32
+warm-started from the parent, the bounds from a last pass in the problem's dtype), drops the
 children whose every open disjunct is proved, tries the minimisers of the children's linear
 bounds as counterexamples (onnxruntime confirms), decides the next split of each remaining
 child (:mod:`.branching`) and queues it. A child with nothing left to split is linear on
@@ -32,11 +34,12 @@ class BabSettings:
     lr_alpha = 0.1
     lr_beta = 0.05
     fsb_k = 3  # candidates tried per subdomain (1: the estimate alone)
+    max_depth = 6  # neurons split at once when few subdomains are open (2^d children)
     batch = 64  # first batch of parents; adapts to the round time
     round_s = (0.5, 3.0)  # aim for rounds of this many seconds
     memory_fraction = 0.3  # of max_memory for the queue
     fast_dtype = np.float32  # of the Adam steps (the bounds themselves are in the problem's dtype)
-    propagate = True  # interval pass per subdomain after its splits (else the root's bounds, clamped)
+    propagate = False  # no interval pass per subdomain: the root's bounds clamped by its splits
 
 
 def flat_alpha(P: BabProblem, alphas: dict, K: int) -> np.ndarray:
@@ -64,14 +67,18 @@ def _batch(recs, P, K):
     return DomainBatch((node, idx, side, t), beta, alpha, np.stack([r["open"] for r in recs]))
 
 
-def _children(parents, K):
+def _children(parents, K, depth=1):
+    """The ``2^d`` children of each parent split on its first ``d = min(depth, its
+    candidates)`` candidate neurons ``r["split"]`` (every sign combination)."""
     kids = []
     for r in parents:
-        k, j, t = r["split"]
-        for side in (1, -1):
+        cand = r["split"][:max(1, depth)]
+        k, j, t = (np.array([c[i] for c in cand]) for i in range(3))
+        d = len(cand)
+        for signs in itertools.product((1, -1), repeat=d):
             kids.append({"node": np.append(r["node"], k), "idx": np.append(r["idx"], j),
-                         "side": np.append(r["side"], side), "t": np.append(r["t"], t),
-                         "beta": np.concatenate([r["beta"], np.zeros((1, K), np.float32)]),
+                         "side": np.append(r["side"], signs), "t": np.append(r["t"], t),
+                         "beta": np.concatenate([r["beta"], np.zeros((d, K), np.float32)]),
                          "alpha": r["alpha"], "open": r["open"]})
     return kids
 
@@ -131,29 +138,37 @@ class _Search:
         return res
 
     def decide(self, doms, res):
-        """The split ``(node, idx, t)`` of each subdomain, or None when nothing is left."""
+        """The split candidates ``[(node, idx, t), ...]`` of each subdomain (the best first,
+        up to ``max_depth`` distinct neurons), or None when nothing is left to split."""
         ts = time.monotonic()
-        node, idx, t, valid = top_candidates(self.P, res, self.cfg.fsb_k)
+        node, idx, t, valid = top_candidates(self.P, res, max(self.cfg.fsb_k, self.cfg.max_depth))
         B = len(doms)
         choice = np.zeros(B, dtype=np.int64)
-        if node.shape[1] > 1:
-            kk = node.shape[1]
+        kk = min(self.cfg.fsb_k, node.shape[1])
+        if kk > 1:
             parents = _records(doms, res, self.P, doms.open)
             trial = []
             for i, r in enumerate(parents):
                 for c in range(kk):
-                    trial.append(dict(r, split=(node[i, c], idx[i, c], t[i, c])))
+                    trial.append(dict(r, split=[(node[i, c], idx[i, c], t[i, c])]))
             kids = _children(trial, self.K)
             tr = self.bound(_batch(kids, self.P, self.K), 0, False, sound=False)  # ranking only
             opens = np.repeat(doms.open, 2 * kk, axis=0)
             w = _worst_margin(self.P, tr["lower"], opens & ~self.P.proved_disjuncts(tr["lower"]))
             w = w.reshape(B, kk, 2)
             value = w.min(axis=2) + 1e-3 * np.minimum(w.max(axis=2), 1e6)
-            value = np.where(valid, value, -np.inf)
+            value = np.where(valid[:, :kk], value, -np.inf)
             choice = np.argmax(value, axis=1)
         self.stats["branch_s"] += time.monotonic() - ts
-        return [(int(node[i, c]), int(idx[i, c]), float(t[i, c])) if node.shape[1] and valid[i, c] else None
-                for i, c in enumerate(choice)]
+        if node.shape[1] == 0:
+            return [None] * B
+        out = []
+        for i, c in enumerate(choice):
+            order = [c] + [o for o in range(node.shape[1]) if o != c]
+            cand = [(int(node[i, o]), int(idx[i, o]), float(t[i, o])) for o in order[:self.cfg.max_depth]
+                    if valid[i, o]]
+            out.append(cand or None)
+        return out
 
     def attack(self, res, open_):
         """Try the minimisers of the worst children's linear bounds."""
@@ -242,9 +257,12 @@ class _Search:
             if len(self.heap) > self.max_domains:
                 self.stats["stopped"] = f"domain limit {self.max_domains}"
                 return False
+            self.stats["worst_margin"] = round(float(self.heap[0][0]), 6)  # over every open subdomain
             n = min(len(self.heap), self.batch)
             parents = [heapq.heappop(self.heap)[2] for _ in range(n)]
-            kids = _children(parents, K)
+            # few open subdomains: split each on several neurons at once to fill the batch
+            depth = int(np.clip(np.floor(np.log2(2 * self.batch / n)), 1, self.cfg.max_depth))
+            kids = _children(parents, K, depth)
             doms = _batch(kids, P, K)
             ts = time.monotonic()
             res = self.bound(doms, self.cfg.iters, True)
