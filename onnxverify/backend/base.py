@@ -195,6 +195,11 @@ class Backend:
         """A NumPy int array as an index array of this library."""
         return a if self.xp is np else self.xp.asarray(a)
 
+    def take(self, a, idx, axis: int):
+        """The entries ``idx`` (a NumPy int array) of ``a`` along ``axis`` (a gather, several
+        times faster than fancy indexing on a last axis)."""
+        return self.xp.take(a, self.index(idx), axis=axis)
+
     def take_windows(self, x, batch, top, left, size):
         """Row ``(b, k)``'s window ``x[batch[b, k], (k,) :, top:top + ph, left:left + pw]``:
         ``x`` ``(N, C, H, W)`` or ``(B, K, C, H, W)``, ``batch`` (None: ``b``), ``top``,

@@ -128,6 +128,9 @@ class TorchBackend(Backend):
     def index(self, a):
         return self.xp.as_tensor(a, device=self.device)
 
+    def take(self, a, idx, axis: int):
+        return a.index_select(axis % a.dim(), self.index(idx))
+
     def take_windows(self, x, batch, top, left, size):
         ph, pw = size
         view = x.unfold(x.dim() - 2, ph, 1).unfold(x.dim() - 1, pw, 1)  # (..., C, H', W', ph, pw)

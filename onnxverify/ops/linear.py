@@ -76,7 +76,7 @@ class Linear(AffineRule):
                 return bk.matmul(A, w)
             if len(cols) == 0:
                 return bk.zeros(tuple(A.shape[:2]) + (w.shape[1],), dtype=A.dtype)
-            return bk.matmul(A[:, :, bk.index(cols)], w[bk.index(cols)])
+            return bk.matmul(bk.take(A, cols, 2), bk.take(w, cols, 0))
 
         off = bk.reshape(step.offset, (-1,))
         lo, bl = product(AL, N), bk.einsum("bkn,n->bk", AL, off)
