@@ -185,3 +185,137 @@ def test_unit_rows_cover_every_neuron_once(group):
     bi, ki = np.nonzero(valid)
     want[bi, ki, idx[bi, ki]] = 1.0
     np.testing.assert_array_equal(dense, want)
+
+
+# ---- patches at the input: the input set concretises them window by window -------------------------
+from onnxverify.specs.input_sets import Box, InputSet, LpBall  # noqa: E402
+
+
+def _input_sets(rng, shape, B):
+    x0 = rng.uniform(0, 1, (B,) + shape)
+    lo = x0 - rng.uniform(0, 0.3, x0.shape)
+    return {"box": Box(lo, lo + rng.uniform(0, 0.5, x0.shape)), "linf": ov.LinfBall(x0, 0.1, clip=(0.0, 1.0)),
+            "l2": LpBall(x0, 0.2, 2), "l1": LpBall(x0, 0.3, 1)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["box", "linf", "l2", "l1"])
+def test_concretize_patches_equals_dense(kind, backend):
+    """Random patches on an input (windows reaching outside it, groups of 3, one window per
+    row): the window form equals the dense rows' bound to 1e-12 (float64), both sides."""
+    from onnxverify.backend import get_backend
+
+    bk = get_backend(backend)
+    rng = np.random.default_rng(7)
+    Pt = _random_patches(rng, B=2, U=6, G=3, C=2, size=(3, 4), shape=(2, 5, 6))
+    iset = _input_sets(rng, (2, 5, 6), 2)[kind]
+    full = _dense_by_loops(Pt).reshape(2, Pt.rows, -1)
+    c = rng.normal(size=(2, Pt.rows))
+    Pb = Patches(bk.asarray(Pt.data, dtype=np.float64), Pt.top, Pt.left, Pt.node_shape)
+    for upper in (False, True):
+        want = _np(iset.concretize(bk, bk.asarray(full, dtype=np.float64), bk.asarray(c, dtype=np.float64), upper))
+        got = _np(iset.concretize_patches(bk, Pb, bk.asarray(c, dtype=np.float64), upper))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * (1 + np.abs(want).max()))
+    if kind in ("l2", "l1"):  # values outside the input are ignored, as the dense rows drop them
+        dirty = Patches(bk.asarray(rng.normal(size=Pt.data.shape), dtype=np.float64), Pt.top, Pt.left, Pt.node_shape)
+        want = _np(iset.concretize(bk, bk.asarray(_dense_by_loops(Patches(_np(dirty.data), Pt.top, Pt.left, Pt.node_shape))
+                                                  .reshape(2, Pt.rows, -1), dtype=np.float64),
+                                   bk.asarray(c, dtype=np.float64), True))
+        got = _np(iset.concretize_patches(bk, dirty, bk.asarray(c, dtype=np.float64), True))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * (1 + np.abs(want).max()))
+
+
+def test_concretize_patches_float32_box_is_outward():
+    """float32: the box's centre and radius hold the box (radius rounded up), so the window
+    bound is never inside the dense float64 bound by more than float32 product rounding."""
+    rng = np.random.default_rng(8)
+    Pt = _random_patches(rng, B=2, U=6, G=3, C=2, size=(3, 4), shape=(2, 5, 6))
+    box = _input_sets(rng, (2, 5, 6), 2)["box"]
+    from onnxverify.specs.input_sets import _centre_radius
+
+    mid, rad = _centre_radius(box.lower, box.upper, np.float32)
+    assert mid.dtype == rad.dtype == np.float32
+    assert (mid.astype(np.float64) - rad <= box.lower).all() and (mid.astype(np.float64) + rad >= box.upper).all()
+    full = _dense_by_loops(Pt).reshape(2, Pt.rows, -1)
+    c = np.zeros((2, Pt.rows))
+    P32 = Patches(Pt.data.astype(np.float32), Pt.top, Pt.left, Pt.node_shape)
+    for upper in (False, True):
+        want = box.concretize(NUMPY, full, c, upper)
+        got = box.concretize_patches(NUMPY, P32, c.astype(np.float32), upper).astype(np.float64)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _Recording(Box):
+    """Overrides concretize: the window form must hand it the dense rows."""
+
+    seen = []
+
+    def concretize(self, bk, A, c, upper):
+        self.seen.append(tuple(A.shape))
+        return super().concretize(bk, A, c, upper)
+
+    def batched(self, input_shape):
+        b = super().batched(input_shape)
+        return _Recording(b.lower, b.upper)
+
+
+def _conv_input_net(seed):
+    b = nets.Builder(seed, (3, 12, 11))
+    x = b.node("Relu", [b.conv("input", 3, 5, k=3, stride=1, pads=(1, 1, 1, 1))])
+    x = b.node("Relu", [b.conv(x, 5, 6, k=4, stride=2, pads=(1, 0, 2, 1))])
+    x = b.node("Relu", [b.conv(x, 6, 4, k=3, stride=1, pads=(0, 1, 1, 0))])
+    return nets._finish_dense(b, b.flatten(x)), (0.0, 1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["box", "linf", "l2"])
+@pytest.mark.parametrize("name", ["input_conv", "pooling", "resnet"])
+def test_crown_with_window_concretisation_equals_dense_and_is_sound(name, kind, backend, monkeypatch):
+    """CROWN on conv nets: concretising the patches at the input by windows gives the bounds of
+    the dense rows (float64, 1e-12 relative), the shortcut is taken, and the bounds hold on
+    samples of the set."""
+    model, _ = {"input_conv": _conv_input_net, "pooling": _pooling_net, "resnet": nets.resnet}[name](4)
+    net, ort = ov.Network(import_model(model, fuse=False), model=model), OrtModel(model)
+    rng = np.random.default_rng(11)
+    B = 2
+    iset = _input_sets(rng, net.input_shape, B)[kind]
+    calls = []
+    cls = type(iset)
+    original = cls.concretize_patches
+    monkeypatch.setattr(cls, "concretize_patches", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    fast = _bounds(net, iset, backend, "crown", monkeypatch, patches=True)
+    assert calls, "no patches reached the input"
+    monkeypatch.setattr(cls, "concretize_patches", InputSet.concretize_patches)  # the dense rows
+    dense = _bounds(net, iset, backend, "crown", monkeypatch, patches=True)
+    for f, d in zip(fast, dense):
+        np.testing.assert_allclose(f, d, rtol=1e-12, atol=1e-12 * (1 + np.abs(d).max()))
+    # sound on samples of the set (box corners, or points of the l_2 ball incl. its sphere)
+    n = 200
+    if kind == "l2":
+        d = rng.normal(size=(n, B, int(np.prod(net.input_shape))))
+        d *= iset.eps * rng.uniform(0.5, 1, (n, B, 1)) ** 0.1 / np.linalg.norm(d, axis=2, keepdims=True)
+        pts = iset.x0[None] + d.reshape((n, B) + net.input_shape)
+    else:
+        lo, hi = iset.box()
+        pts = np.stack([nets.sample_box(rng, lo[i], hi[i], n) for i in range(B)], 1)
+    ys = np.stack([ort(pts[:, i].astype(np.float32)) for i in range(B)], 1).reshape(n, B, -1)
+    lo_b, hi_b = (a.reshape(1, B, -1) for a in fast)
+    tol = 1e-5 * (1 + np.maximum(np.abs(lo_b), np.abs(hi_b)))
+    assert (ys >= lo_b - tol).all() and (ys <= hi_b + tol).all()
+
+
+def test_overridden_concretize_gets_dense_rows(monkeypatch):
+    """A Box subclass with its own concretize (BaB's recording boxes) sees dense rows and the
+    same bounds."""
+    model, _ = _conv_input_net(5)
+    net = ov.Network(import_model(model, fuse=False), model=model)
+    rng = np.random.default_rng(12)
+    box = _input_sets(rng, net.input_shape, 1)["box"]
+    rec = _Recording(box.lower, box.upper)
+    _Recording.seen = []
+    got = _bounds(net, rec, "numpy", "crown", monkeypatch, patches=True)
+    n0 = int(np.prod(net.input_shape))
+    assert _Recording.seen and all(len(s) == 3 and s[2] == n0 for s in _Recording.seen)
+    want = _bounds(net, box, "numpy", "crown", monkeypatch, patches=True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * (1 + np.abs(w).max()))

@@ -13,12 +13,15 @@ coefficients padded back to the full shape.
 
 Patch passes: ``lam`` may be :class:`~onnxverify.ops.patches.Patches` (one window per row,
 e.g. identity patches of a conv layer's neurons). Each rule's ``backward_patches`` maps them
-on (a rule without a patch form goes dense by default); they become dense at the input, at a
-forward-map cut, where two different kinds meet, and once a window covers its node.
+on (a rule without a patch form goes dense by default); they become dense at a forward-map
+cut, where two different kinds meet, and once a window covers its node. Patches that reach
+the input are concretised window by window (``InputSet.concretize_patches``) unless a cut
+already put dense coefficients there.
 """
 from __future__ import annotations
 
 from ..ops import rule_of
+from ..ops.base import each_side
 from ..ops.generic import flat
 from ..ops.patches import Patches
 from ..ops.patches import add as add_patches
@@ -55,14 +58,13 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
         d = pass_.dist[node.name]
         win = pass_.wins.pop(node.name, None)
         cut = depth is not None and d >= depth and node.name != start and node.name in eng.maps
-        if isinstance(AL, Patches) and (cut or node is g.input):
+        if isinstance(AL, Patches) and cut:
             AL, AU = _dense_pair(bk, AL, AU)
         if node is g.input:
             if win is not None:
                 AL, AU = (None if A is None else _pad_window(bk, A, win, node.shape) for A in (AL, AU))
             for s, A in enumerate((AL, AU)):
-                if A is not None:
-                    coef[s] = flat(bk, A, 2) if coef[s] is None else coef[s] + flat(bk, A, 2)
+                _add_coef(bk, coef, s, A)
             continue
         rule = eng.plan.rules[node.name]
         if win is not None and (cut or not rule.windowed):
@@ -88,11 +90,23 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
         for s in range(2):
             if biases[s] is not None and bias[s] is not None:
                 bias[s] = bias[s] + biases[s]
-    lo = eng.concretize(coef[0], bias[0], upper=False) if coef[0] is not None else bias[0]
-    hi = None
-    if upper:
-        hi = eng.concretize(coef[1], bias[1], upper=True) if coef[1] is not None else bias[1]
-    return lo, hi
+    if coef[0] is None and coef[1] is None:
+        return bias[0], bias[1]
+    (ends,), _ = each_side(coef[0], coef[1], lambda A, up: ([eng.concretize(A, bias[int(up)], up)], None))
+    lo = ends[0] if coef[0] is not None else bias[0]
+    return lo, ((ends[1] if coef[1] is not None else bias[1]) if upper else None)
+
+
+def _add_coef(bk, coef, s, A):
+    """Add input coefficients ``A`` (an array on the input, or Patches: kept as they are while
+    nothing else reached the input, so the input set can use their windows) to ``coef[s]``."""
+    if A is None:
+        return
+    if coef[s] is None:
+        coef[s] = A if isinstance(A, Patches) else flat(bk, A, 2)
+        return
+    dense = [flat(bk, a.dense(bk) if isinstance(a, Patches) else a, 2) for a in (coef[s], A)]
+    coef[s] = dense[0] + dense[1]
 
 
 class _Override:
@@ -185,7 +199,7 @@ def _substitute(eng, name, AL, AU, coef, bias):
         Ap, An = bk.pos(Af), bk.neg(Af)
         (fk, fc), (sk, sc) = ((m.Lk, m.Lc), (m.Uk, m.Uc)) if s == 0 else ((m.Uk, m.Uc), (m.Lk, m.Lc))
         term = bk.einsum("bkn,bin->bki", Ap, k_flat(fk)) + bk.einsum("bkn,bin->bki", An, k_flat(sk))
-        coef[s] = term if coef[s] is None else coef[s] + term
+        _add_coef(bk, coef, s, term)
         bias[s] = bias[s] + bk.einsum("bkn,bn->bk", Ap, c_flat(fc)) + bk.einsum("bkn,bn->bk", An, c_flat(sc))
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..ir import Graph
 from ..ops import Maps, rule_of
+from ..ops.patches import Patches
 from .plan import plan_of
 
 
@@ -61,7 +62,11 @@ class LinearEngine:
 
     # ---- concrete bounds --------------------------------------------------------------------
     def concretize(self, A, c, upper: bool):
-        """Bound of ``A x + c`` over the input set: A ``(B, K, n0)``, c ``(B, K)`` -> ``(B, K)``."""
+        """Bound of ``A x + c`` over the input set: A ``(B, K, n0)`` (or
+        :class:`~onnxverify.ops.patches.Patches` on the input: the set's window form,
+        :meth:`InputSet.concretize_patches`), c ``(B, K)`` -> ``(B, K)``."""
+        if isinstance(A, Patches):
+            return self.input_set.concretize_patches(self.bk, A, c, upper)
         return self.input_set.concretize(self.bk, A, c, upper)
 
     def concretize_maps(self, name):

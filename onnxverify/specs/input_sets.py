@@ -39,6 +39,28 @@ class InputSet:
         input), ``c (B, K)`` -> ``(B, K)``, the maximum (``upper``) or the minimum."""
         raise NotImplementedError
 
+    def concretize_patches(self, bk, P, c, upper: bool):
+        """:meth:`concretize` for coefficients held as :class:`~onnxverify.ops.patches.Patches`
+        on the input (one window per row, zero outside it): ``c (B, K)`` -> ``(B, K)``.
+        Default: the dense rows through :meth:`concretize` (a set without a window form, or
+        a subclass that overrides :meth:`concretize`, e.g. to record the coefficients)."""
+        A = P.dense(bk)
+        return self.concretize(bk, bk.reshape(A, tuple(A.shape[:2]) + (-1,)), c, upper)
+
+    def _own_concretize(self, cls) -> bool:
+        """Whether :meth:`concretize` is ``cls``'s (not overridden): only then does
+        ``cls.concretize_patches`` compute the same bound."""
+        return type(self).concretize is cls.concretize
+
+    def _image(self, bk, name: str, make, dtype):
+        """``make()`` (a ``(B, *input_shape)`` array) as a backend array in ``dtype``, cached
+        per backend like :meth:`_flat`."""
+        cache = self.__dict__.setdefault("_device", {})
+        key = (bk.name, "image", name, str(dtype))
+        if key not in cache:
+            cache[key] = bk.asarray(make(), dtype=dtype)
+        return cache[key]
+
     def _flat(self, bk, name: str, a, dtype):
         """``a`` as a backend array ``(B, n0)`` in ``dtype``, converted once per backend."""
         cache = self.__dict__.setdefault("_device", {})
@@ -141,6 +163,24 @@ class Box(InputSet):
         near, far = (hi, lo) if upper else (lo, hi)
         return bk.einsum("bkn,bn->bk", bk.pos(A), near) + bk.einsum("bkn,bn->bk", bk.neg(A), far) + c
 
+    def concretize_patches(self, bk, P, c, upper: bool):
+        """Hölder per row on its window, without the dense rows: ``<A, mid> +- <|A|, rad>``
+        with the box's centre and radius read at each group's window (zero outside the
+        input, where the patch is zero too). Each row of ``P`` is one window of coefficients,
+        so this is the dense bound exactly (up to rounding). The radius is rounded up so that
+        ``[mid - rad, mid + rad]`` holds the box in ``P``'s dtype."""
+        if not self._own_concretize(Box):
+            return super().concretize_patches(bk, P, c, upper)
+        from ..ops.patches import inner, take
+
+        dtype = P.data.dtype
+        mid = self._image(bk, "mid", lambda: _centre_radius(self.lower, self.upper, dtype)[0], dtype)
+        rad = self._image(bk, "rad", lambda: _centre_radius(self.lower, self.upper, dtype)[1], dtype)
+        A = P.grouped(bk)
+        centre = inner(bk, P, A, take(bk, mid, P))
+        radius = inner(bk, P, bk.abs(A), take(bk, rad, P))
+        return centre + radius + c if upper else centre - radius + c
+
     @property
     def center(self):
         return (self.lower + self.upper) / 2
@@ -201,8 +241,40 @@ class LpBall(InputSet):
         norm = bk.amax(aa, axis=2) if self.q == np.inf else bk.sqrt(bk.sum(aa * aa, axis=2))
         return centre + norm * self.eps if upper else centre - norm * self.eps
 
+    def concretize_patches(self, bk, P, c, upper: bool):
+        """``<A, x0> + c +- eps ||A_row||_q`` on each row's window: a row of ``P`` is one
+        window of coefficients and zero elsewhere (positions outside the input are zeroed
+        first), so its dual norm over the whole input is the norm of its window -- the dense
+        bound exactly (up to rounding)."""
+        if not self._own_concretize(LpBall):
+            return super().concretize_patches(bk, P, c, upper)
+        from ..ops.patches import inner, take
+
+        P = P.cleaned(bk)
+        x0 = self._image(bk, "x0", lambda: self.x0, P.data.dtype)
+        centre = inner(bk, P, P.grouped(bk), take(bk, x0, P)) + c
+        aa = bk.abs(bk.reshape(P.data, tuple(P.data.shape[:2]) + (-1,)))
+        norm = bk.amax(aa, axis=2) if self.q == np.inf else bk.sqrt(bk.sum(aa * aa, axis=2))
+        return centre + norm * self.eps if upper else centre - norm * self.eps
+
     def batched(self, input_shape):
         return LpBall(_batch("input", self.x0, input_shape), self.eps, self.p)
+
+
+def _centre_radius(lower, upper, dtype):
+    """Centre and radius of a box for :meth:`Box.concretize_patches`: the centre rounded to
+    ``dtype``, the radius the largest distance from it to either bound, rounded up in
+    ``dtype`` (NumPy bounds: ``[mid - rad, mid + rad]`` then holds ``[lower, upper]``);
+    other arrays (torch, training) by plain arithmetic."""
+    if not isinstance(lower, np.ndarray):
+        return lower / 2 + upper / 2, upper / 2 - lower / 2
+    npd = np.dtype(str(dtype).replace("torch.", "")) if str(dtype).startswith("torch.") else np.dtype(dtype)
+    mid = (lower / 2 + upper / 2).astype(npd)
+    m64 = mid.astype(np.float64)
+    need = np.maximum(upper - m64, m64 - lower)
+    rad = need.astype(npd)
+    rad = np.where(rad.astype(np.float64) < need, np.nextafter(rad, npd.type(np.inf)), rad)
+    return mid, rad
 
 
 #: How far (relative to the clip bound's size, at least absolute 1e-6) a sample may lie outside
