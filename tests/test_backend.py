@@ -105,7 +105,7 @@ def test_conv_transpose_forms_equal(ys, ws, stride, dilation, groups, dtype, tol
     (ref_grad,) = torch.autograd.grad((ref * g).sum(), y)
     scale = float(ref.detach().abs().max())
     forms = _forms_for(ys, ws, dilation, groups)
-    assert conv_transpose_form(y, w, dilation, groups) in forms
+    assert conv_transpose_form(y, w, stride, dilation, groups) in forms
     for form in forms:
         out = TH.conv_transpose2d_full(y, w, stride, dilation, groups, form=form)
         assert out.shape == ref.shape, form
@@ -127,8 +127,11 @@ def test_conv_transpose_form_choice():
     from onnxverify.backend.torch_backend import conv_transpose_form
 
     y1, y4 = torch.zeros(2, 8, 1, 1), torch.zeros(2, 8, 4, 4)
-    assert conv_transpose_form(y1, torch.zeros(8, 16, 3, 3), (1, 1), 1) == "matmul"
-    assert conv_transpose_form(y1, torch.zeros(8, 16, 3, 3), (2, 1), 1) == "channels_last"
-    assert conv_transpose_form(y4, torch.zeros(8, 3, 3, 3), (1, 1), 1) == "fold"
-    assert conv_transpose_form(y4, torch.zeros(8, 16, 3, 3), (1, 1), 1) == "channels_last"
-    assert conv_transpose_form(y4, torch.zeros(8, 2, 3, 3), (1, 1), 4) == "channels_last"
+    s1, s2 = (1, 1), (2, 2)
+    assert conv_transpose_form(y1, torch.zeros(8, 16, 3, 3), s2, (1, 1), 1) == "matmul"
+    assert conv_transpose_form(y1, torch.zeros(8, 16, 3, 3), s2, (2, 1), 1) == "channels_last"
+    assert conv_transpose_form(y4, torch.zeros(8, 3, 3, 3), s1, (1, 1), 1) == "fold"
+    assert conv_transpose_form(y4, torch.zeros(8, 16, 3, 3), s2, (1, 1), 1) == "channels_last"
+    assert conv_transpose_form(y4, torch.zeros(8, 16, 3, 3), s1, (1, 1), 1) == "plain"
+    assert conv_transpose_form(y4, torch.zeros(8, 2, 3, 3), s2, (1, 1), 4) == "channels_last"
+    assert TH.conv_transpose2d_full(y4, torch.ones(8, 16, 3, 3), s2, (1, 1), 1).is_contiguous()

@@ -128,7 +128,7 @@ class TorchBackend(Backend):
     def conv_transpose2d_full(self, y, w, stride, dilation, groups, form=None):
         """The transposed convolution without padding, ``(N, C, (Ho - 1) * sh + dh * (kh - 1)
         + 1, ...)``, in the form :func:`conv_transpose_form` picks (or ``form``)."""
-        form = form or conv_transpose_form(y, w, dilation, groups)
+        form = form or conv_transpose_form(y, w, stride, dilation, groups)
         return _CT_FORMS[form](self, y, w, tuple(stride), tuple(dilation), groups)
 
     def index(self, a):
@@ -174,22 +174,26 @@ class TorchBackend(Backend):
 FOLD_CHANNELS = 8
 
 
-def conv_transpose_form(y, w, dilation, groups) -> str:
+def conv_transpose_form(y, w, stride, dilation, groups) -> str:
     """Which form :meth:`TorchBackend.conv_transpose2d_full` uses for ``y (N, O, Ho, Wo)``
-    and ``w (O, C/groups, kh, kw)``: on the CPU (measured with one thread on the backward
+    and ``w (O, C/groups, kh, kw)``. On the CPU (measured with one thread on the backward
     passes of conv nets, e.g. ``(5776, 32, 3, 3)`` rows through a ``32 -> 32`` 4x4 stride-2
-    kernel) a window of one output position is a plain matrix product (``"matmul"``: 6x
+    kernel): a window of one output position is a plain matrix product (``"matmul"``: 6x
     faster than torch's kernel), fewer than :data:`FOLD_CHANNELS` output channels a product
-    and :func:`torch.nn.functional.fold` (``"fold"``: 1.2x), anything else torch's kernel in
-    channels-last memory format (``"channels_last"``: 1.2-2x); on other devices torch's
-    kernel as it is (``"plain"``). Grouped convolutions use the kernel."""
+    and :func:`torch.nn.functional.fold` (``"fold"``: 1.2x), a strided one torch's kernel in
+    channels-last memory format with a contiguous result (``"channels_last"``: 1.2-1.4x;
+    without the copy back the later NumPy steps on the strided result lose more than the
+    kernel gains, and at stride 1 the copy eats the gain); anything else, and every other
+    device, torch's kernel as it is (``"plain"``). Grouped convolutions use the kernel."""
     if y.device.type != "cpu":
         return "plain"
     if groups == 1 and y.shape[2] == 1 and y.shape[3] == 1 and tuple(dilation) == (1, 1):
         return "matmul"
     if groups == 1 and w.shape[1] < FOLD_CHANNELS:
         return "fold"
-    return "channels_last"
+    if tuple(stride) != (1, 1):
+        return "channels_last"
+    return "plain"
 
 
 def _ct_plain(bk, y, w, stride, dilation, groups):
@@ -213,8 +217,9 @@ def _ct_fold(bk, y, w, stride, dilation, groups):
 
 def _ct_channels_last(bk, y, w, stride, dilation, groups):
     cl = bk.xp.channels_last
-    return bk.F.conv_transpose2d(y.contiguous(memory_format=cl), w.contiguous(memory_format=cl), stride=stride,
-                                 dilation=dilation, groups=groups)
+    out = bk.F.conv_transpose2d(y.contiguous(memory_format=cl), w.contiguous(memory_format=cl), stride=stride,
+                                dilation=dilation, groups=groups)
+    return out.contiguous()
 
 
 _CT_FORMS = {"plain": _ct_plain, "matmul": _ct_matmul, "fold": _ct_fold, "channels_last": _ct_channels_last}
