@@ -209,3 +209,31 @@ def test_windowed_backward_matches_dense(name, monkeypatch):
     np.testing.assert_allclose(tiled.upper, dense.upper, rtol=1e-9, atol=1e-9)
     ys = _samples(rng, iset, ort, 300)
     assert_inside(ys, tiled.lower.reshape(1, 2, -1), tiled.upper.reshape(1, 2, -1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("per_row", [False, True])
+def test_line_step_shares_its_negative_part_bit_identically(backend, per_row):
+    """The elementwise backward step computes min(A, 0) once (bias, then the coefficients in
+    its memory): the same bits as the step computing it separately for each (the helpers
+    without ``neg``), both passes, shared and per-row lines, and A left unchanged."""
+    from onnxverify.backend import get_backend
+    from onnxverify.ops.generic import ElementwiseRule, line_bias
+
+    bk = get_backend(backend)
+    rng = np.random.default_rng(4)
+    B, K, shape = 2, 5, (3, 4, 4)
+    t = lambda a: bk.asarray(a, dtype=np.float64)  # noqa: E731
+    lines = [t(rng.normal(size=(B, K) + shape if per_row else (B,) + shape)) for _ in range(4)]
+    AL, AU = t(rng.normal(size=(B, K) + shape)), t(rng.normal(size=(B, K) + shape))
+    copies = [np.array(bk.to_numpy(A)) for A in (AL, AU)]
+    (got,), biases = ElementwiseRule._through_lines(bk, lines, AL, AU, None)
+    aL, bL, aU, bU = (v if per_row else v[:, None] for v in lines)
+    for s, A in enumerate((AL, AU)):
+        np.testing.assert_array_equal(np.asarray(bk.to_numpy(A)), copies[s])
+        lo_a, lo_b, hi_a, hi_b = (aU, bU, aL, bL) if s else (aL, bL, aU, bU)
+        want = bk.line_backward(A, lo_a, hi_a)
+        bias = line_bias(bk, A, lo_b, hi_b, per_row)
+        np.testing.assert_array_equal(np.asarray(bk.to_numpy(got[s])), np.asarray(bk.to_numpy(want)))
+        np.testing.assert_array_equal(np.asarray(bk.to_numpy(biases[s])), np.asarray(bk.to_numpy(bias)))
+        assert float(np.abs(np.asarray(bk.to_numpy(want))).max()) > 0

@@ -33,8 +33,8 @@ class ArrayModuleBackend(Backend):
             a = a.detach().cpu().numpy()
         return self.xp.asarray(a, dtype=dtype)
 
-    def line_backward(self, A, lo_a, hi_a):
-        out = self.xp.minimum(A, 0)
+    def line_backward(self, A, lo_a, hi_a, neg=None):
+        out = self.xp.minimum(A, 0) if neg is None or neg.shape != A.shape else neg  # neg's memory is reused
         out *= hi_a - lo_a
         out += A * lo_a
         return out

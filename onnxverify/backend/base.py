@@ -159,9 +159,10 @@ class Backend:
     def broadcast_to(self, a, shape):
         return self.xp.broadcast_to(a, tuple(shape))
 
-    def line_backward(self, A, lo_a, hi_a):
-        """``pos(A) * lo_a + neg(A) * hi_a`` (A ``(B, K, ...)``, slopes ``(B, 1, ...)``)."""
-        return A * lo_a + self.neg(A) * (hi_a - lo_a)
+    def line_backward(self, A, lo_a, hi_a, neg=None):
+        """``pos(A) * lo_a + neg(A) * hi_a`` (A ``(B, K, ...)``, slopes ``(B, 1, ...)``);
+        ``neg``: ``min(A, 0)`` when the caller has it (a backend may overwrite it)."""
+        return A * lo_a + (self.neg(A) if neg is None else neg) * (hi_a - lo_a)
 
     # ---- reductions / products ----------------------------------------------------
     def sum(self, a, axis=None, keepdims=False):

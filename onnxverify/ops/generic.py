@@ -21,16 +21,16 @@ def flat(bk, a, lead: int):
     return bk.reshape(a, tuple(a.shape[:lead]) + (-1,))
 
 
-def line_bias(bk, A, lo_b, hi_b, per_row: bool):
+def line_bias(bk, A, lo_b, hi_b, per_row: bool, neg=None):
     """The constant term ``(B, K)`` of coefficients ``A (B, K, *shape)`` through lines whose
     intercepts are ``lo_b`` (met by ``pos(A)``) and ``hi_b`` (met by ``neg(A)``): ``sum pos(A)
     lo_b + neg(A) hi_b``. Intercepts are ``(B, 1, *shape)`` (shared by every row) or, with
-    ``per_row``, ``(B, K, *shape)``."""
+    ``per_row``, ``(B, K, *shape)``. ``neg``: ``min(A, 0)`` when the caller has it."""
+    n = bk.neg(A) if neg is None else neg
     if per_row:
-        return bk.sum(flat(bk, A * lo_b + bk.neg(A) * (hi_b - lo_b), 2), axis=2)
-    Af = flat(bk, A, 2)
-    return (bk.einsum("bkn,bn->bk", Af, flat(bk, lo_b[:, 0], 1))
-            + bk.einsum("bkn,bn->bk", bk.neg(Af), flat(bk, (hi_b - lo_b)[:, 0], 1)))
+        return bk.sum(flat(bk, A * lo_b + n * (hi_b - lo_b), 2), axis=2)
+    return (bk.einsum("bkn,bn->bk", flat(bk, A, 2), flat(bk, lo_b[:, 0], 1))
+            + bk.einsum("bkn,bn->bk", flat(bk, n, 2), flat(bk, (hi_b - lo_b)[:, 0], 1)))
 
 
 def window_bias(bk, A, const, win):
@@ -258,9 +258,11 @@ class ElementwiseRule(OpRule):
 
         aL, bL, aU, bU = (view(v) for v in relax)
 
-        def side(A, upper):
+        def side(A, upper):  # min(A, 0) once: the bias reads it, then the step may reuse its memory
             lo_a, lo_b, hi_a, hi_b = (aU, bU, aL, bL) if upper else (aL, bL, aU, bU)
-            return [bk.line_backward(A, lo_a, hi_a)], line_bias(bk, A, lo_b, hi_b, per_row)
+            n = bk.neg(A)
+            bias = line_bias(bk, A, lo_b, hi_b, per_row, neg=n)
+            return [bk.line_backward(A, lo_a, hi_a, neg=n)], bias
 
         return each_side(AL, AU, side)
 
