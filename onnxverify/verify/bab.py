@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from .beta import BabProblem, DomainBatch, bound_domains
-from .branching import top_candidates
+from .branching import FLAT, top_candidates
 
 __all__ = ["BabSettings", "neuron_bab", "bab_by_disjunct", "flat_alpha"]
 
@@ -40,6 +40,12 @@ class BabSettings:
     memory_fraction = 0.3  # of max_memory for the queue
     fast_dtype = np.float32  # of the Adam steps (the bounds themselves are in the problem's dtype)
     propagate = False  # no interval pass per subdomain: the root's bounds clamped by its splits
+    flat_beta = 1.0  # scores ~0 everywhere: rescore with the split multipliers raised by this (0: off)
+    stall_k = 4  # a subdomain whose worst margin has not improved over this many splits goes to the MILP (0: off)
+    milp_s = 1.0  # HiGHS time limit per disjunct of such a subdomain
+    milp_share = 0.25  # of the search's time, at most, in those MILPs
+    milp_binaries = 400  # subdomains with more binaries than this skip the MILP
+    milp_depth = 0  # and one with this many splits goes to it too (0: off; retried at twice the depth)
 
 
 def flat_alpha(P: BabProblem, alphas: dict, K: int) -> np.ndarray:
@@ -79,7 +85,9 @@ def _children(parents, K, depth=1):
             kids.append({"node": np.append(r["node"], k), "idx": np.append(r["idx"], j),
                          "side": np.append(r["side"], signs), "t": np.append(r["t"], t),
                          "beta": np.concatenate([r["beta"], np.zeros((d, K), np.float32)]),
-                         "alpha": r["alpha"], "open": r["open"]})
+                         "alpha": r["alpha"], "open": r["open"], "m": r.get("m", -np.inf),
+                         "stall": r.get("stall", 0), "milp_next": r.get("milp_next", 0),
+                         "milp_dnext": r.get("milp_dnext", 0)})
     return kids
 
 
@@ -110,6 +118,8 @@ class _Search:
         rec_bytes = self.K * P.n_alpha * 2 + 64 * self.K * 4 + 2048
         self.max_domains = max(16, int(settings.memory_fraction * mem // rec_bytes))
         self.batch = min(settings.batch, self.max_batch)
+        self.milp_cache, self.milp_off, self.milp_spent = {}, False, 0.0
+        self.t0 = time.monotonic()
 
     def bound(self, doms, iters, scores, sound=True):
         ts = time.monotonic()
@@ -141,8 +151,22 @@ class _Search:
         """The split candidates ``[(node, idx, t), ...]`` of each subdomain (the best first,
         up to ``max_depth`` distinct neurons), or None when nothing is left to split."""
         ts = time.monotonic()
-        node, idx, t, valid = top_candidates(self.P, res, max(self.cfg.fsb_k, self.cfg.max_depth))
+        kmax = max(self.cfg.fsb_k, self.cfg.max_depth)
+        node, idx, t, valid, score = top_candidates(self.P, res, kmax, with_scores=True)
         B = len(doms)
+        flat = self._flat(doms, score, valid)
+        if flat.any() and node.shape[1]:
+            # the output bound sees no candidate: rank by the split constraints' own bounds
+            f = np.flatnonzero(flat)
+            beta = res["beta"][f] + (doms.splits[0][f] >= 0)[:, :, None] * self.cfg.flat_beta
+            sub = DomainBatch(tuple(a[f] for a in doms.splits), beta.astype(np.float32), res["alpha"][f],
+                              doms.open[f])
+            r2 = self.bound(sub, 0, True)
+            n2, i2, t2, v2 = top_candidates(self.P, r2, kmax)
+            w = n2.shape[1]
+            node[f, :w], idx[f, :w], t[f, :w], valid[f, :w] = n2, i2, t2, v2
+            valid[f, w:] = False
+            self.stats["flat"] += len(f)
         choice = np.zeros(B, dtype=np.int64)
         kk = min(self.cfg.fsb_k, node.shape[1])
         if kk > 1:
@@ -169,6 +193,15 @@ class _Search:
                     if valid[i, o]]
             out.append(cand or None)
         return out
+
+    def _flat(self, doms, score, valid):
+        """``(B,)``: subdomains with splits whose every candidate scores below :data:`FLAT`
+        (intercept gradients ~0: e.g. the only path to the earlier layers runs through a
+        neuron whose lower line has slope 0, and its inactive side's bound is a constant)."""
+        if not self.cfg.flat_beta or score.shape[1] == 0:
+            return np.zeros(len(doms), dtype=bool)
+        best = np.where(valid, score, -np.inf).max(axis=1)
+        return (best < FLAT) & (doms.splits[0] >= 0).any(axis=1) & valid.any(axis=1)
 
     def attack(self, res, open_):
         """Try the minimisers of the worst children's linear bounds."""
@@ -201,8 +234,9 @@ class _Search:
             heapq.heappush(self.heap, (w, next(self.tick), r))
         self.stats["max_queue"] = max(self.stats["max_queue"], len(self.heap))
 
-    def settle(self, doms, res):
-        """Proofs, leaves, attack and next splits of freshly bounded subdomains ``doms``."""
+    def settle(self, doms, res, meta=None):
+        """Proofs, leaves, attack and next splits of freshly bounded subdomains ``doms``
+        (``meta``: their records from :func:`_children`, for the stall rule)."""
         P = self.P
         lower = res["lower"]
         open_now = doms.open & ~P.proved_disjuncts(lower)
@@ -220,21 +254,73 @@ class _Search:
                             for n, ls in res["lines"].items()}
         splits = self.decide(sub, sub_res)
         recs = _records(sub, sub_res, P, open_now[live])
+        margin = _worst_margin(P, lower[live], open_now[live])
         ok = True
+        gone = set()
         for i, (r, sp) in enumerate(zip(recs, splits)):
+            r["m"], r["stall"], r["milp_next"], r["milp_dnext"] = float(margin[i]), 0, 0, 0
+            if meta is not None:  # the stall rule: no progress over stall_k splits -> exact MILP
+                m0 = meta[live[i]]
+                r["stall"] = 0 if r["m"] > m0["m"] + 1e-5 * (1 + abs(m0["m"])) else m0["stall"] + 1
+                r["milp_next"], r["milp_dnext"] = m0["milp_next"], m0["milp_dnext"]
             if sp is None:  # linear on its subdomain: decide it exactly
                 if not self.leaf(r, sub_res["bounds"], i):
                     ok = False
-        keep = [i for i, sp in enumerate(splits) if sp is not None]
+            elif self._milp_due(r) and self.sub_milp(r, sub_res["bounds"], i):
+                gone.add(i)
+        keep = [i for i, sp in enumerate(splits) if sp is not None and i not in gone]
         self.push([recs[i] for i in keep], lower[live][keep], [splits[i] for i in keep])
         return ok
+
+    def _milp_due(self, r):
+        c = self.cfg
+        stalled = c.stall_k and r["stall"] >= max(c.stall_k, r["milp_next"])
+        deep = c.milp_depth and len(r["node"]) >= max(c.milp_depth, r["milp_dnext"])
+        return bool(stalled or deep)
+
+    def sub_milp(self, rec, bounds, i):
+        """The exact MILP of a stalled subdomain (its clamped bounds as big-M, its splits as
+        the split neurons' bounds), ``milp_s`` seconds per open disjunct: True when HiGHS
+        proves it; a confirmed counterexample raises ``Decided("sat")``; otherwise the
+        subdomain is branched on and tried again after twice as many stalled splits."""
+        from .milp import NotApplicable, milp_size, solve_leaf
+
+        rec["milp_next"], rec["milp_dnext"] = 2 * max(rec["stall"], 1), 2 * max(len(rec["node"]), 1)
+        if self.milp_off:
+            return False
+        if self.milp_spent > self.cfg.milp_share * (time.monotonic() - self.t0):
+            return False
+        one = {n: (lo[i:i + 1], hi[i:i + 1]) for n, (lo, hi) in bounds.items()}
+        try:
+            nb = milp_size(self.P.graph, one)[0]
+        except NotApplicable as e:
+            self.milp_off = str(e)[:120]
+            return False
+        if nb > self.cfg.milp_binaries:
+            return False
+        ts = time.monotonic()
+        self.stats["milp_tried"] += 1
+        try:
+            verdict, _ = solve_leaf(self.s, self.P, one, rec, self.cs.case, self.cfg.milp_s, self.milp_cache)
+        finally:
+            self.milp_spent += time.monotonic() - ts
+            self.stats["milp_s"] += time.monotonic() - ts
+        if verdict == "sat":
+            from .deadline import Decided
+
+            raise Decided("sat")
+        if verdict == "proved":
+            self.stats["milp_proved"] += 1
+            self.stats["proved"] += 1
+            return True
+        return False
 
     def leaf(self, rec, bounds, i):
         from .milp import solve_leaf
 
         self.stats["leaves"] += 1
         verdict, x = solve_leaf(self.s, self.P, {n: (lo[i:i + 1], hi[i:i + 1]) for n, (lo, hi) in bounds.items()},
-                                rec, self.cs.case)
+                                rec, self.cs.case, cache=self.milp_cache)
         if verdict == "proved":
             self.stats["proved"] += 1
             return True
@@ -268,7 +354,7 @@ class _Search:
             res = self.bound(doms, self.cfg.iters, True)
             self.stats["bounded"] += len(kids)
             self.stats["rounds"] += 1
-            complete &= self.settle(doms, res)
+            complete &= self.settle(doms, res, kids)
             dt = time.monotonic() - ts
             lo_s, hi_s = self.cfg.round_s
             if dt < lo_s and self.batch < self.max_batch:
@@ -294,9 +380,9 @@ def neuron_bab(s, cs, P: BabProblem, root_alpha, root_open, stats: dict, setting
     from ..bounds.optimized import torch_backend
     from .attack import CaseObjective
 
-    for k in ("bounded", "rounds", "max_queue", "proved", "leaves", "open_leaves"):
+    for k in ("bounded", "rounds", "max_queue", "proved", "leaves", "open_leaves", "flat", "milp_tried", "milp_proved"):
         stats.setdefault(k, 0)
-    for k in ("bound_s", "branch_s", "attack_s"):
+    for k in ("bound_s", "branch_s", "attack_s", "milp_s"):
         stats.setdefault(k, 0.0)
     search = _Search(s, cs, P, root_alpha, torch_backend(), settings or BabSettings(), stats)
     search.objective = CaseObjective(cs.case.y_disjuncts, s.n_out)

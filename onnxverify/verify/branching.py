@@ -18,11 +18,15 @@ import numpy as np
 from ..backend import get_backend
 from ..ops import rule_of
 
-__all__ = ["candidate_scores", "top_candidates", "NO_SPLIT"]
+__all__ = ["candidate_scores", "top_candidates", "NO_SPLIT", "TIE", "FLAT"]
 
 NP = get_backend("numpy")
 #: decision of a subdomain with nothing left to split
 NO_SPLIT = (-1, -1, 0.0)
+#: weight of the width tie-breaker: a subdomain whose best score is below ``FLAT`` has no
+#: candidate the estimate sees (every intercept gradient is ~0)
+TIE = 1e-6
+FLAT = 10 * TIE
 
 
 def candidate_scores(P, res):
@@ -42,7 +46,7 @@ def candidate_scores(P, res):
             t = np.broadcast_to(np.asarray(t, dtype=np.float64), res["bounds"][name][0].shape).reshape(B, N)
             ok = (lo < t) & (t < hi)
             width = np.minimum(t - lo, hi - t)
-            s = np.where(ok, 1e-6 * np.tanh(width), -np.inf)
+            s = np.where(ok, TIE * np.tanh(width), -np.inf)
             if g is not None and g[0] is not None and lines is not None:
                 aL, bL, aU, bU = (np.broadcast_to(v, g[0].shape).reshape(B, -1, N) for v in lines)
                 gL, gU = (v.reshape(B, -1, N) for v in g)
@@ -59,18 +63,21 @@ def candidate_scores(P, res):
     return np.concatenate(scores, 1), np.concatenate(nodes), np.concatenate(idxs), np.concatenate(ts, 1)
 
 
-def top_candidates(P, res, k: int):
+def top_candidates(P, res, k: int, with_scores: bool = False):
     """Up to ``k`` best candidates per subdomain: ``node, idx (B, k)`` int, ``t (B, k)``,
-    ``valid (B, k)`` bool (False: fewer than ``k`` splittable neurons)."""
+    ``valid (B, k)`` bool (False: fewer than ``k`` splittable neurons); ``with_scores``: and
+    their scores ``(B, k)``."""
     score, node, idx, t = candidate_scores(P, res)
     B = len(res["lower"])
     if score.shape[1] == 0:
         z = np.zeros((B, 0))
-        return z.astype(int), z.astype(int), z, z.astype(bool)
+        return (z.astype(int), z.astype(int), z, z.astype(bool)) + ((z,) if with_scores else ())
     k = min(k, score.shape[1])
     top = np.argpartition(-score, k - 1, axis=1)[:, :k] if k < score.shape[1] else np.broadcast_to(
         np.arange(score.shape[1]), (B, score.shape[1]))
     order = np.argsort(-np.take_along_axis(score, top, 1), axis=1)
     top = np.take_along_axis(top, order, 1)
-    valid = np.isfinite(np.take_along_axis(score, top, 1))
-    return node[top], idx[top], np.take_along_axis(t, top, 1), valid
+    top_score = np.take_along_axis(score, top, 1)
+    valid = np.isfinite(top_score)
+    out = node[top], idx[top], np.take_along_axis(t, top, 1), valid
+    return out + (top_score,) if with_scores else out

@@ -100,30 +100,81 @@ def milp_size(graph, bounds) -> tuple:
     return nb, nv
 
 
-def encode(graph, bounds: dict, x_lo, x_hi) -> Encoding:
+def encode(graph, bounds: dict, x_lo, x_hi, cache: dict | None = None, prune: bool = False) -> Encoding:
     """The exact encoding of ``graph`` on the box ``x_lo, x_hi`` (flat) with node bounds
-    ``{name: (lo, hi)}`` (``(1, *shape)``; nodes without bounds are unbounded)."""
+    ``{name: (lo, hi)}`` (``(1, *shape)``; nodes without bounds are unbounded). ``cache``: a
+    dict kept between calls on the same graph (the affine nodes' matrices). ``prune``: leave
+    out the rows of values that only feed outputs fixed by their bounds (see
+    :func:`_unused_values`; a relaxation, much smaller on nets with many inactive ReLUs;
+    ``enc.pruned`` says whether any was left out)."""
     enc = Encoding()
     enc.var[graph.input.name] = enc.add_vars(x_lo, x_hi)
+    unused = _unused_values(graph, bounds) if prune else {}
+    enc.pruned = bool(unused)
     for node in graph.computed:
         rule = rule_of(node)
         lo, hi = bounds.get(node.name, (np.full(node.size, -np.inf), np.full(node.size, np.inf)))
         y = enc.add_vars(lo, hi)
         enc.var[node.name] = y
         if rule.affine:
-            mats, c = _affine_matrices(node, [graph[i].shape for i in node.inputs])
+            if cache is not None and node.name in cache:
+                sparse, c = cache[node.name]
+            else:
+                mats, c = _affine_matrices(node, [graph[i].shape for i in node.inputs])
+                sparse = [(np.nonzero(M), M[np.nonzero(M)]) for M in mats]
+                if cache is not None:
+                    cache[node.name] = sparse, c
             r, cols, v = [np.arange(node.size)], [y], [np.ones(node.size)]
-            for name, M in zip(node.inputs, mats):
-                rr, cc = np.nonzero(M)
+            c = np.array(c, dtype=np.float64)
+            for name, ((rr, cc), m) in zip(node.inputs, sparse):
+                xv = enc.var[name]
+                lb, ub = np.asarray(enc.lb)[xv], np.asarray(enc.ub)[xv]
+                fixed = (lb == ub)[cc]  # values known exactly (e.g. inactive ReLUs): into the constant
+                if fixed.any():
+                    np.add.at(c, rr[fixed], m[fixed] * lb[cc[fixed]])
+                    rr, cc, m = rr[~fixed], cc[~fixed], m[~fixed]
                 r.append(rr)
-                cols.append(enc.var[name][cc])
-                v.append(-M[rr, cc])
-            enc.add_rows(np.concatenate(r), np.concatenate(cols), np.concatenate(v), c, c)
+                cols.append(xv[cc])
+                v.append(-m)
+            r, cols, v = np.concatenate(r), np.concatenate(cols), np.concatenate(v)
+            if node.name in unused:  # rows whose value nothing reads: left out (a relaxation)
+                keep = ~unused[node.name]
+                new = np.cumsum(keep) - 1
+                sel = keep[r]
+                r, cols, v, c = new[r[sel]], cols[sel], v[sel], c[keep]
+            enc.add_rows(r, cols, v, c, c)
             continue
         if not hasattr(rule, "branch_points") or len(node.inputs) != 1:
             raise NotApplicable(f"node {node.name} ({node.op}) is not piecewise linear")
         _encode_pwl(enc, node, rule, enc.var[node.inputs[0]], y, bounds[node.inputs[0]])
     return enc
+
+
+def _unused_values(graph, bounds):
+    """``{affine node: (size,) bool}``: values read only by elementwise piecewise-linear
+    nodes whose output there is fixed by its bounds (``lo == hi``: e.g. an inactive ReLU).
+    Their defining rows can be left out: that only enlarges the feasible set (the lower
+    bound stays sound; a feasible point is a candidate until onnxruntime confirms it)."""
+    users = {}
+    for n in graph.computed:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+    out = {}
+    for node in graph.computed:
+        us = users.get(node.name, [])
+        if not rule_of(node).affine or node.name == graph.output or not us:
+            continue
+        drop = np.ones(node.size, dtype=bool)
+        for u in us:
+            if (rule_of(u).affine or not hasattr(rule_of(u), "branch_points") or len(u.inputs) != 1
+                    or u.size != node.size or u.name not in bounds or u.name == graph.output):
+                drop[:] = False
+                break
+            lo, hi = (np.ravel(v) for v in bounds[u.name])
+            drop &= lo == hi
+        if drop.any():
+            out[node.name] = drop
+    return out
 
 
 def _encode_pwl(enc, node, rule, xv, yv, b):
@@ -136,7 +187,7 @@ def _encode_pwl(enc, node, rule, xv, yv, b):
     for j in range(node.size):
         cuts = sorted((float(p[j]), float(fp[j])) for p, fp in inner if lf[j] < p[j] < uf[j])
         if not cuts:  # one linear piece on [l, u]
-            if uf[j] > lf[j]:
+            if uf[j] > lf[j] and fu[j] != fl[j]:
                 s = (fu[j] - fl[j]) / (uf[j] - lf[j])
                 enc.add_rows([0, 0], [yv[j], xv[j]], [1.0, -s], fl[j] - s * lf[j], fl[j] - s * lf[j])
             else:
@@ -157,7 +208,7 @@ def _encode_pwl(enc, node, rule, xv, yv, b):
             enc.add_rows([0, 0], [d[i], z[i]], [1.0, -lens[i]], 0.0, np.inf)
 
 
-def solve_disjunct(enc: Encoding, out_vars, A, b, time_limit: float):
+def solve_disjunct(enc: Encoding, out_vars, A, b, time_limit: float, presolve: bool = True):
     """``min t`` s.t. ``A y - b <= t`` over the encoding (``y = x[out_vars]``). Returns
     ``(lower, value, x_in)``: a sound lower bound of the optimum (the dual bound; ``+inf``
     when infeasible), the best value found (``nan`` if none) and its input (or None)."""
@@ -179,12 +230,13 @@ def solve_disjunct(enc: Encoding, out_vars, A, b, time_limit: float):
     res = milp(c, integrality=np.array(enc.kind + [0]), bounds=Bounds(np.array(enc.lb + [-np.inf]),
                                                                         np.array(enc.ub + [np.inf])),
                constraints=LinearConstraint(M, lo, hi),
-               options={"time_limit": max(0.05, float(time_limit)), "disp": False})
+               options={"time_limit": max(0.05, float(time_limit)), "disp": False, "presolve": presolve})
     if res.status == 2:  # infeasible
         return np.inf, np.nan, None
     dual = getattr(res, "mip_dual_bound", None)
     if res.status == 0 and res.x is not None:
-        lower = res.fun if not enc.n_binaries else (dual if dual is not None and np.isfinite(dual) else res.fun)
+        # an LP's optimum is exact; a MILP's "optimal" is within HiGHS's gap: its dual bound only
+        lower = res.fun if not enc.n_binaries else (dual if dual is not None and np.isfinite(dual) else -np.inf)
         return float(min(lower, res.fun)), float(res.fun), res.x
     lower = float(dual) if dual is not None and np.isfinite(dual) else -np.inf
     if res.x is not None:
@@ -196,25 +248,38 @@ def _margin(b):
     return 1e-6 * (1.0 + float(np.abs(b).max(initial=0.0)))
 
 
-def solve_leaf(s, P, bounds, rec, case):
-    """Decide a branch-and-bound leaf exactly: ``("proved" | "sat" | "unknown", x)``."""
+def solve_leaf(s, P, bounds, rec, case, time_limit: float = 10.0, cache: dict | None = None):
+    """Decide a branch-and-bound subdomain exactly: ``("proved" | "sat" | "unknown", x)``.
+    ``bounds``: its node bounds ``{name: (lo, hi)}`` ``(1, *shape)``, valid on the subdomain
+    and clamped by its splits (so the split constraints are the split neurons' variable
+    bounds; a leaf, every neuron decided, is an LP). Each open disjunct gets up to
+    ``time_limit`` seconds (and the solver's deadline); it is proved only when HiGHS reports
+    it infeasible, or optimal (or stopped) with a dual bound above the margin; ``cache``:
+    see :func:`encode`."""
     import time
 
     try:
-        enc = encode(P.graph, bounds, P.lo, P.hi)
+        enc = encode(P.graph, bounds, P.lo, P.hi, cache, prune=True)
     except NotApplicable:
         return "unknown", None
-    out = enc.var[P.graph.output]
     for j in np.flatnonzero(rec["open"]):
         rows = P.owner == j
-        lower, value, x = solve_disjunct(enc, out, P.R[rows], P.b[rows], max(0.1, min(10.0, s.deadline - time.monotonic())))
-        if lower > _margin(P.b):
-            continue
-        if x is not None and value <= _margin(P.b):
-            xin = x[enc.var[P.graph.input.name]]
-            if s.confirm(xin[None], case):
-                return "sat", xin
-        return "unknown", None
+        for attempt in range(2):
+            left = s.deadline - time.monotonic()
+            if left <= 0.05:
+                return "unknown", None
+            lower, value, x = solve_disjunct(enc, enc.var[P.graph.output], P.R[rows], P.b[rows],
+                                             min(float(time_limit), left))
+            if lower > _margin(P.b):
+                break
+            if x is not None and value <= _margin(P.b):
+                xin = x[enc.var[P.graph.input.name]]
+                if s.confirm(xin[None], case):
+                    return "sat", xin
+                if enc.pruned and attempt == 0:  # perhaps a point of the relaxation only: exactly
+                    enc = encode(P.graph, bounds, P.lo, P.hi, cache)
+                    continue
+            return "unknown", None
     return "proved", None
 
 
