@@ -139,7 +139,7 @@ def test_search_with_milp_on_subdomains_complete_on_tiny_nets(acts, seed, kind, 
     m = tb._exact_min(g, lo, hi, r)
     delta = 5e-3 * (1 + abs(m))
     cfg = BabSettings()
-    cfg.milp_share, cfg.milp_s = 1.0, 5.0
+    cfg.milp_share, cfg.milp_s, cfg.flat_beta = 1.0, 5.0, 1.0
     if mode == "stall":
         cfg.stall_k = 1
     else:
@@ -170,6 +170,7 @@ def test_flat_scores_are_rescored_by_the_split_constraints():
     from onnxverify.verify.branching import FLAT, TIE
 
     cfg = BabSettings()
+    cfg.flat_beta = 1.0
     srch = _Search.__new__(_Search)
     srch.cfg = cfg
 
