@@ -9,7 +9,14 @@ warm-started from the parent, the bounds from a last pass in the problem's dtype
 children whose every open disjunct is proved, tries the minimisers of the children's linear
 bounds as counterexamples (onnxruntime confirms), decides the next split of each remaining
 child (:mod:`.branching`) and queues it. A child with nothing left to split is linear on
-its subdomain: an LP decides it exactly (:func:`~.milp.solve_leaf`). The case is proved
+its subdomain: an LP decides it exactly (:func:`~.milp.solve_leaf`). The stall rule: a
+child whose worst margin has not improved over ``stall_k`` splits in a row (or that has
+``milp_depth`` splits) gets the exact MILP of its subdomain (its clamped bounds as big-M,
+``milp_s`` seconds per open disjunct, at most ``milp_share`` of the search's time): proved
+only when HiGHS's dual bound (or infeasibility) proves it; otherwise it is branched on as
+before and retried after twice as many stalled splits. Where every candidate's estimate is
+~0 (``flat_beta``, off by default) the candidates are rescored with the split multipliers
+raised, i.e. by the split constraints' own bounds. The case is proved
 (``True``) only when the queue runs empty; time, the domain limit or an undecided leaf end
 the search without a verdict.
 """
