@@ -149,7 +149,9 @@ def test_search_per_disjunct_complete_on_tiny_nets(acts, seed):
     delta = 5e-3 * (1 + np.abs(m))
     for shift, expect in (((-1, -1), True), ((-1, 1), "sat"), ((1, -1), "sat")):
         b = m + np.array(shift) * delta
-        s = tb.StubSolver(g)
+        # the ParamRamp case bounds ~13k subdomains and solves ~5k fully split leaves as LPs
+        # (3.4 ms each, 17 of its 25 s alone): a wide deadline, this tests completeness
+        s = tb.StubSolver(g, timeout=240.0)
         case = Case(lo, hi, [(R[:1], b[:1]), (R[1:], b[1:])])
         from onnxverify.bounds.optimized import alpha_crown
         from onnxverify.specs.input_sets import Box
