@@ -20,7 +20,6 @@ already put dense coefficients there.
 """
 from __future__ import annotations
 
-from ..ops import rule_of
 from ..ops.base import each_side
 from ..ops.generic import flat
 from ..ops.patches import Patches

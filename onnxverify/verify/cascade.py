@@ -23,7 +23,7 @@ from functools import partial
 
 import numpy as np
 
-from ..errors import InputError, MemoryLimitError, OnnxVerifyError
+from ..errors import MemoryLimitError, OnnxVerifyError
 from ..specs.input_sets import Box
 from .deadline import Decided, TimeUp, alarm
 from .complete import complete_steps
