@@ -30,6 +30,7 @@ import numpy as np
 
 from .beta import BabProblem, DomainBatch, bound_domains
 from .branching import FLAT, top_candidates
+from .deadline import Decided
 
 __all__ = ["BabSettings", "neuron_bab", "bab_by_disjunct", "flat_alpha"]
 
@@ -54,6 +55,11 @@ class BabSettings:
     milp_share = 0.25  # of the search's time, at most, in those MILPs
     milp_binaries = 400  # subdomains with more binaries than this skip the MILP
     milp_depth = 0  # and one with this many splits goes to it too (0: off; retried at twice the depth)
+
+
+def _one_domain(bounds, i):
+    """Subdomain ``i``'s node bounds ``{name: (lo, hi)}``, each ``(1, *shape)``."""
+    return {n: (lo[i:i + 1], hi[i:i + 1]) for n, (lo, hi) in bounds.items()}
 
 
 def flat_alpha(P: BabProblem, alphas: dict, K: int) -> np.ndarray:
@@ -230,8 +236,6 @@ class _Search:
             tol = 1e-6 * (1 + float(np.abs(self.P.b).max(initial=0)))
             bad = m <= tol
             if bad.any() and self.s.confirm(xs[bad][np.argsort(m[bad])], self.cs.case):
-                from .deadline import Decided
-
                 raise Decided("sat")
         self.stats["attack_s"] += time.monotonic() - ts
 
@@ -291,14 +295,14 @@ class _Search:
         the split neurons' bounds), ``milp_s`` seconds per open disjunct: True when HiGHS
         proves it; a confirmed counterexample raises ``Decided("sat")``; otherwise the
         subdomain is branched on and tried again after twice as many stalled splits."""
-        from .milp import NotApplicable, milp_size, solve_leaf
+        from .milp import NotApplicable, milp_size
 
         rec["milp_next"], rec["milp_dnext"] = 2 * max(rec["stall"], 1), 2 * max(len(rec["node"]), 1)
         if self.milp_off:
             return False
         if self.milp_spent > self.cfg.milp_share * (time.monotonic() - self.t0):
             return False
-        one = {n: (lo[i:i + 1], hi[i:i + 1]) for n, (lo, hi) in bounds.items()}
+        one = _one_domain(bounds, i)
         try:
             nb = milp_size(self.P.graph, one)[0]
         except NotApplicable as e:
@@ -309,35 +313,29 @@ class _Search:
         ts = time.monotonic()
         self.stats["milp_tried"] += 1
         try:
-            verdict, _ = solve_leaf(self.s, self.P, one, rec, self.cs.case, self.cfg.milp_s, self.milp_cache)
+            proved = self.exactly(rec, one, self.cfg.milp_s)
         finally:
             self.milp_spent += time.monotonic() - ts
             self.stats["milp_s"] += time.monotonic() - ts
-        if verdict == "sat":
-            from .deadline import Decided
-
-            raise Decided("sat")
-        if verdict == "proved":
-            self.stats["milp_proved"] += 1
-            self.stats["proved"] += 1
-            return True
-        return False
+        self.stats["milp_proved"] += int(proved)
+        return proved
 
     def leaf(self, rec, bounds, i):
+        self.stats["leaves"] += 1
+        proved = self.exactly(rec, _one_domain(bounds, i))
+        self.stats["open_leaves"] += int(not proved)
+        return proved
+
+    def exactly(self, rec, one, time_limit: float = 10.0):
+        """Decide one subdomain (node bounds ``one``) by :func:`~.milp.solve_leaf`: True when
+        proved; a counterexample onnxruntime confirms raises ``Decided("sat")``."""
         from .milp import solve_leaf
 
-        self.stats["leaves"] += 1
-        verdict, x = solve_leaf(self.s, self.P, {n: (lo[i:i + 1], hi[i:i + 1]) for n, (lo, hi) in bounds.items()},
-                                rec, self.cs.case, cache=self.milp_cache)
-        if verdict == "proved":
-            self.stats["proved"] += 1
-            return True
+        verdict, _ = solve_leaf(self.s, self.P, one, rec, self.cs.case, time_limit, self.milp_cache)
         if verdict == "sat":
-            from .deadline import Decided
-
             raise Decided("sat")
-        self.stats["open_leaves"] += 1
-        return False
+        self.stats["proved"] += int(verdict == "proved")
+        return verdict == "proved"
 
     def run(self, root_open):
         P, K = self.P, self.K

@@ -208,7 +208,7 @@ def _encode_pwl(enc, node, rule, xv, yv, b):
             enc.add_rows([0, 0], [d[i], z[i]], [1.0, -lens[i]], 0.0, np.inf)
 
 
-def solve_disjunct(enc: Encoding, out_vars, A, b, time_limit: float, presolve: bool = True):
+def solve_disjunct(enc: Encoding, out_vars, A, b, time_limit: float):
     """``min t`` s.t. ``A y - b <= t`` over the encoding (``y = x[out_vars]``). Returns
     ``(lower, value, x_in)``: a sound lower bound of the optimum (the dual bound; ``+inf``
     when infeasible), the best value found (``nan`` if none) and its input (or None)."""
@@ -230,7 +230,7 @@ def solve_disjunct(enc: Encoding, out_vars, A, b, time_limit: float, presolve: b
     res = milp(c, integrality=np.array(enc.kind + [0]), bounds=Bounds(np.array(enc.lb + [-np.inf]),
                                                                         np.array(enc.ub + [np.inf])),
                constraints=LinearConstraint(M, lo, hi),
-               options={"time_limit": max(0.05, float(time_limit)), "disp": False, "presolve": presolve})
+               options={"time_limit": max(0.05, float(time_limit)), "disp": False})
     if res.status == 2:  # infeasible
         return np.inf, np.nan, None
     dual = getattr(res, "mip_dual_bound", None)
