@@ -48,6 +48,10 @@ class BabSettings:
     memory_fraction = 0.3  # of max_memory for the queue
     fast_dtype = np.float32  # of the Adam steps (the bounds themselves are in the problem's dtype)
     propagate = False  # no interval pass per subdomain: the root's bounds clamped by its splits
+    refresh = False  # CROWN passes re-bound the split nodes after each subdomain's first split (sound
+    # passes only). Off: measured on mnist_fc/oval21 (3 each, 60 s) it decided the same 2 of 6 at 0.4x
+    # (mnist_fc) and 0.3-0.4x (oval21) the subdomains/s; per subdomain it is tighter (256x6 prop_7: worst
+    # margin -0.056 after 5k subdomains vs -0.061 after 33k)
     flat_beta = 0.0  # scores ~0 everywhere: rescore with the split multipliers raised by this (0: off; measured
     # slower on mnist_fc 256x6 prop_7, where the width tie-breaker and the stall MILP do better)
     stall_k = 4  # a subdomain whose worst margin has not improved over this many splits goes to the MILP (0: off)
@@ -146,7 +150,8 @@ class _Search:
             self.s.check_time()
             out.append(bound_domains(self.bk, self.P, sub, self.root_alpha, iters, self.cfg.lr_alpha,
                                      self.cfg.lr_beta, scores, deadline=self.s.deadline, rows=rows,
-                                     fast_dtype=self.cfg.fast_dtype, sound=sound, propagate=self.cfg.propagate))
+                                     fast_dtype=self.cfg.fast_dtype, sound=sound, propagate=self.cfg.propagate,
+                                     refresh=self.cfg.refresh and sound))
         self.stats["bound_s"] += time.monotonic() - ts
         if len(out) == 1:
             return out[0]

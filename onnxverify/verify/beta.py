@@ -153,6 +153,45 @@ class BabProblem:
             cur[n.name] = (lo, np.maximum(hi, lo))
         return self._restore_empty(cur, empty, B)
 
+    def refreshed_bounds(self, bounds, empty, splits, max_memory=None):
+        """``bounds`` (from :meth:`clamped_bounds`) with the split nodes after each
+        subdomain's first split re-bounded by CROWN backward passes (their undecided
+        neurons only): the split neurons' relaxations are exact on their pieces, so the
+        layers after a split get CROWN-tighter bounds. Returns ``(bounds, empty)``; every
+        interval holds for every input of its subdomain (the passes' lines are valid on
+        it), and a subdomain whose refreshed interval is empty holds no input."""
+        from ..bounds.passes import backward_undecided, default_max_memory, itemsize
+
+        node = splits[0]
+        used = node[node >= 0]
+        if not len(used):
+            return bounds, empty
+        first = int(used.min())
+        later = self.split_nodes[first + 1:]
+        if not later:
+            return bounds, empty
+        g = self.graph
+        B = len(empty)
+        env = {g.input.name: (np.repeat(self.lo.reshape((1,) + g.input_shape), B, axis=0),
+                              np.repeat(self.hi.reshape((1,) + g.input_shape), B, axis=0))}
+        env.update(bounds)
+        dtype = np.dtype(self.dtype)
+        eng = LinearEngine(g, Box(*env[g.input.name]), NP, dtype, self.strategy, env)
+        eng.bounds.update({k: (np.asarray(lo, dtype=dtype), np.asarray(hi, dtype=dtype)) for k, (lo, hi) in env.items()})
+        eng.max_memory = max_memory or default_max_memory()
+        eng.itemsize, eng.out_depth = itemsize(dtype), None
+        out = dict(bounds)
+        empty = empty.copy()
+        for name in later:
+            backward_undecided(eng, name, None, eng.max_memory, eng.itemsize)
+            lo, hi = (np.asarray(v, dtype=np.float64) for v in eng.best(name))
+            gap = (lo - hi).reshape(B, -1)
+            empty |= (gap > 1e-9 * (1 + np.abs(hi).reshape(B, -1))).any(axis=1)
+            out[name] = (lo, np.maximum(hi, lo))
+        if empty.any():
+            out, _ = self._restore_empty(out, empty, B)
+        return out, empty
+
     def _clamp(self, k, B, lo, hi, splits):
         """``lo, hi (B, *shape)`` of split node ``k`` intersected with the split constraints."""
         node, idx, side, t = splits
@@ -268,7 +307,7 @@ class _Pass:
 
 def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int = 10, lr_alpha: float = 0.1,
                   lr_beta: float = 0.05, scores: bool = False, deadline=None, rows=None, fast_dtype=None,
-                  sound: bool = True, propagate: bool = True):
+                  sound: bool = True, propagate: bool = True, refresh: bool = False):
     """Optimise and bound ``doms``. Returns a dict: ``lower (B, K)`` (``+inf`` rows for empty
     subdomains), ``alpha (B, K, A)`` and ``beta (B, D, K)`` (float32 warm starts),
     ``bounds`` (the clamped intermediate bounds, NumPy; ``propagate``: see
@@ -298,6 +337,8 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     fast = np.dtype(P.dtype if fast_dtype is None else fast_dtype)
     final = np.dtype(P.dtype) != fast and sound  # a last pass in P.dtype gives the bounds
     bounds, empty = P.clamped_bounds(doms.splits, propagate)
+    if refresh:
+        bounds, empty = P.refreshed_bounds(bounds, empty, doms.splits)
     ps = _Pass(bk, P, bounds, empty, rows, fast)
     a0 = doms.alpha if doms.alpha is not None else np.repeat(root_alpha, B, axis=0)
     alpha = bk.asarray(np.asarray(a0[:, rows], dtype=np.float64), dtype=fast)
