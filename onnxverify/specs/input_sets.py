@@ -174,8 +174,15 @@ class Box(InputSet):
         from ..ops.patches import inner, take
 
         dtype = P.data.dtype
-        mid = self._image(bk, "mid", lambda: _centre_radius(self.lower, self.upper, dtype)[0], dtype)
-        rad = self._image(bk, "rad", lambda: _centre_radius(self.lower, self.upper, dtype)[1], dtype)
+        both = []  # centre and radius, computed once for the two cached images
+
+        def part(i):
+            if not both:
+                both.extend(_centre_radius(self.lower, self.upper, dtype))
+            return both[i]
+
+        mid = self._image(bk, "mid", lambda: part(0), dtype)
+        rad = self._image(bk, "rad", lambda: part(1), dtype)
         A = P.grouped(bk)
         centre = inner(bk, P, A, take(bk, mid, P))
         radius = inner(bk, P, bk.abs(A), take(bk, rad, P))
