@@ -52,6 +52,29 @@ def test_alpha_lines_bound_f_for_every_parameter(which):
         assert np.all(aU[0, k] * z + bU[0, k] >= fz - tol), node.op
 
 
+@pytest.mark.parametrize("which", range(6))
+def test_alpha_lines_kept_per_bounds_equal_fresh_ones(which):
+    """What a rule keeps in the pass's cache between iterates on the same bounds
+    (:func:`per_bounds`) gives the lines a fresh computation gives, for new parameters and,
+    after the bounds change (new arrays), for the new bounds."""
+    rng = np.random.default_rng(20 + which)
+    n, K = 400, 2
+    node = _rule_nodes(n, rng)[which]
+    rule = rule_of(node)
+    cache = {}
+
+    def params():
+        return tuple(rng.uniform(0, 1, (1, K, n)) for _ in range(rule.alpha_count))
+
+    l, u = _intervals(rng, n)
+    rule.alpha_lines(NP, node, l, u, params(), cache)  # fills the cache for (l, u)
+    assert cache
+    for bounds in ((l, u), _intervals(rng, n)):
+        a = params()
+        for g, ref in zip(rule.alpha_lines(NP, node, *bounds, a, cache), rule.alpha_lines(NP, node, *bounds, a)):
+            np.testing.assert_array_equal(np.broadcast_to(g, (1, K, n)), np.broadcast_to(ref, (1, K, n)))
+
+
 @pytest.mark.parametrize("strategy", ["adaptive", "tight"])
 @pytest.mark.parametrize("which", range(6))
 def test_alpha_init_reproduces_the_strategy_lines(which, strategy):

@@ -111,10 +111,11 @@ def alpha_relax(bk, graph, eng, alphas: dict) -> dict:
     """``{node name: per-row lines}`` for :func:`backward`'s ``relax`` hook, from the
     current bounds of each node's input."""
     relax = {}
+    cache = eng.__dict__.setdefault("_alpha_line_cache", {})  # lives as long as the engine
     for name, a in alphas.items():
         node = graph[name]
         l, u = eng.best(node.inputs[0])
-        relax[name] = rule_of(node).alpha_lines(bk, node, l, u, a)
+        relax[name] = rule_of(node).alpha_lines(bk, node, l, u, a, cache)
     return relax
 
 

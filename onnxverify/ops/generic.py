@@ -257,11 +257,12 @@ class ElementwiseRule(OpRule):
             return v if win is None else v[:, :, :, win[0]:win[1], win[2]:win[3]]
 
         aL, bL, aU, bU = (view(v) for v in relax)
+        row_b = bL.shape[1] != 1 or bU.shape[1] != 1  # per-row slopes may share their intercepts (ReLU's)
 
         def side(A, upper):  # min(A, 0) once: the bias reads it, then the step may reuse its memory
             lo_a, lo_b, hi_a, hi_b = (aU, bU, aL, bL) if upper else (aL, bL, aU, bU)
             n = bk.neg(A)
-            bias = line_bias(bk, A, lo_b, hi_b, per_row, neg=n)
+            bias = line_bias(bk, A, lo_b, hi_b, row_b, neg=n)
             return [bk.line_backward(A, lo_a, hi_a, neg=n)], bias
 
         return each_side(AL, AU, side)

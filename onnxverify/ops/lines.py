@@ -25,3 +25,21 @@ def constant_lines(bk, f, l, u):
     """Horizontal lines through f(l) (lower) and f(u) (upper): sound for non-decreasing f."""
     zero = l * 0
     return zero, f(l), zero, f(u)
+
+
+
+def per_bounds(cache, node, l, u, make):
+    """``make()``, computed once while the input bounds of ``node`` are the same arrays ``l,
+    u``: an optimisation pass evaluates the lines of many parameter iterates on fixed
+    bounds, and what does not depend on the parameters is kept in ``cache`` (a dict the
+    caller owns for the pass, e.g. the engine's; None: not kept), one entry per node.
+    Bounds are never updated in place; bounds that carry gradients (optimised intermediate
+    bounds) are not kept."""
+    if cache is None or getattr(l, "requires_grad", False) or getattr(u, "requires_grad", False):
+        return make()
+    hit = cache.get(node.name)
+    if hit is not None and hit[0] is l and hit[1] is u:
+        return hit[2]
+    out = make()
+    cache[node.name] = (l, u, out)
+    return out

@@ -16,7 +16,7 @@ from onnx import helper
 from .base import Example, TorchTie, find_submodule, onnx_op
 from .generic import ElementwiseRule
 from .importing import fail
-from .lines import GAP, chord, constant_lines
+from .lines import GAP, chord, constant_lines, per_bounds
 from .registry import register
 
 DOMAIN = "onnxverify"
@@ -189,7 +189,7 @@ class ParamRamp(ElementwiseRule):
         r = bend(bk, node.params["r"], l.dtype)
         return bk.where(u > -l, zero + 1.0, zero), bk.where((u - r) > (r - l), zero, zero + 1.0)
 
-    def alpha_lines(self, bk, node, l, u, alphas):
+    def alpha_lines(self, bk, node, l, u, alphas, cache=None):
         """Lines on ``[l, u]`` (``(B, *shape)``) for ``alphas = (a_lo, a_hi)`` (each ``(B, K,
         *shape)`` in ``[0, 1]``): ``aL``/``bL``/``aU``/``bU`` ``(B, K, *shape)``. With ``f`` of
         slope ``eta``, 1, ``eta`` on ``z < 0``, ``[0, r]``, ``z > r``:
@@ -203,9 +203,23 @@ class ParamRamp(ElementwiseRule):
           ``[l, r]`` from ``(r, r)``; a smaller slope stays above it left of ``r``);
         * the other lines of the six statuses are fixed (``tight``'s: exact or chords).
 
-        ``s = lo + alpha (hi - lo)``, so every ``alpha`` in ``[0, 1]`` gives sound lines."""
+        ``s = lo + alpha (hi - lo)``, so every ``alpha`` in ``[0, 1]`` gives sound lines.
+        ``cache``: see :func:`~.lines.per_bounds`."""
         a_lo, a_hi = alphas
         eta = float(node.attrs["eta"])
+        aL, bL, aU, bU, r1, free_lo, free_up, w_lo, w_up = per_bounds(
+            cache, node, l, u, lambda: self._fixed_lines(bk, node, l, u, eta))
+        s_low = a_lo * w_lo + eta
+        s_up = a_hi * w_up + eta
+        zero = s_low * 0
+        return (bk.where(free_lo, s_low, aL), bL + zero, bk.where(free_up, s_up, aU),
+                bk.where(free_up, r1 - s_up * r1, bU))
+
+    @staticmethod
+    def _fixed_lines(bk, node, l, u, eta):
+        """What :meth:`alpha_lines` needs that does not depend on the parameters (``(B, 1,
+        *shape)``): ``tight``'s lines (the lower intercept already 0 where the lower slope is
+        free), ``r``, the masks of free lower / upper slopes and the widths of their ranges."""
         r = bend(bk, node.params["r"], l.dtype)
         aL, bL, aU, bU = (v[:, None] for v in paramramp_lines(bk, l, u, r, eta, "tight"))
         r1 = (l * 0 + r)[:, None]
@@ -215,15 +229,11 @@ class ParamRamp(ElementwiseRule):
         unstable = (lu < 0) & (uu > r1)
         f_u = uu * eta + bk.minimum(bk.relu(uu), r1) * (1.0 - eta)
         s_hi_low = bk.where(unstable, f_u / bk.maximum(uu, GAP), uu * 0 + 1.0)
-        s_low = a_lo * (s_hi_low - eta) + eta
         s_lr = (r1 - lu * eta) / bk.maximum(r1 - lu, GAP)
         s_hi_up = bk.where(unstable, s_lr, uu * 0 + 1.0)
-        s_up = a_hi * (s_hi_up - eta) + eta
         free_lo = left_unstable | unstable
         free_up = right_unstable | unstable
-        zero = s_low * 0
-        return (bk.where(free_lo, s_low, aL + zero), bk.where(free_lo, zero, bL + zero),
-                bk.where(free_up, s_up, aU + zero), bk.where(free_up, r1 - s_up * r1, bU + zero))
+        return aL, bk.where(free_lo, bL * 0, bL), aU, bU, r1, free_lo, free_up, s_hi_low - eta, s_hi_up - eta
 
     def branch_points(self, bk, node, l):
         """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""

@@ -11,7 +11,7 @@ import numpy as np
 from .base import Example, TorchTie, find_submodule, onnx_op, unary_converter
 from .generic import ElementwiseRule
 from .importing import fail
-from .lines import chord, constant_lines
+from .lines import chord, constant_lines, per_bounds
 from .registry import register
 
 RELU_STATUSES = ("dead", "unstable", "alive")
@@ -86,18 +86,23 @@ class Relu(ElementwiseRule):
         zero = l * 0
         return (bk.where(u > -l, zero + 1.0, zero) if strategy == "adaptive" else zero,)
 
-    def alpha_lines(self, bk, node, l, u, alphas):
+    def alpha_lines(self, bk, node, l, u, alphas, cache=None):
         """Lines ``(aL, bL, aU, bU)`` on ``[l, u]`` (``(B, *shape)``) for parameters ``alphas``
         (one ``(B, K, *shape)`` array in ``[0, 1]``): one line per row and neuron, ``aL``
         ``(B, K, *shape)``, the others ``(B, 1, *shape)``. Unstable neurons get the lower line
         ``s z`` with ``s = eta + alpha (1 - eta)``; ``eta z <= s z <= z`` on ``z <= 0`` and
         ``z >= 0`` respectively shows it is below ``f`` for every ``alpha`` in ``[0, 1]``. The
-        upper line is the chord (already the best one); decided neurons keep their exact line."""
+        upper line is the chord (already the best one); decided neurons keep their exact line.
+        ``cache``: see :func:`~.lines.per_bounds`."""
         (a,) = alphas
         eta = self.slope(node)
-        aL, bL, aU, bU = leaky_relu_lines(bk, l, u, eta, "tight")
-        unstable = ((l < 0) & (u > 0))[:, None]
-        return bk.where(unstable, a * (1.0 - eta) + eta, aL[:, None] + a * 0), bL[:, None], aU[:, None], bU[:, None]
+
+        def fixed():  # everything but the free slopes: once per bounds (see per_bounds)
+            aL, bL, aU, bU = leaky_relu_lines(bk, l, u, eta, "tight")
+            return aL[:, None], bL[:, None], aU[:, None], bU[:, None], ((l < 0) & (u > 0))[:, None]
+
+        aL, bL, aU, bU, unstable = per_bounds(cache, node, l, u, fixed)
+        return bk.where(unstable, a * (1.0 - eta) + eta, aL), bL, aU, bU
 
     def branch_points(self, bk, node, l):
         """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""

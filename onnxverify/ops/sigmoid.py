@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import Example, unary_converter
 from .generic import ElementwiseRule
-from .lines import chord, constant_lines
+from .lines import chord, constant_lines, per_bounds
 from .registry import register
 
 
@@ -108,31 +108,24 @@ class SShapedRule(ElementwiseRule):
             return bk.where(lo >= 0, lo * 0 + 0.5, lo * 0)
         return start(-u, -l), start(l, u)
 
-    def alpha_lines(self, bk, node, l, u, alphas):
+    def alpha_lines(self, bk, node, l, u, alphas, cache=None):
         """Tangent lines touching f at points chosen by ``alphas = (a_lo, a_hi)`` (``(B, K,
         *shape)`` in ``[0, 1]``; see :func:`s_alpha_upper`); the lower line is the upper line of
         ``-f(-z)`` on ``[-u, -l]`` mirrored (``f(z) = 2c - f(-z)``). Sound for every alpha."""
         f, df = (lambda z: self.f(bk, z)), (lambda z: self.df(bk, z))
         a_lo, a_hi = alphas
-        up, low = self._ranges(bk, node, l, u, f, df)
+        up, low = self._ranges(bk, node, l, u, f, df, cache)
         aU, bU = s_alpha_upper(bk, f, df, l, u, a_hi, up)
         aLm, bLm = s_alpha_upper(bk, f, df, -u, -l, a_lo, low)
         return aLm, 2 * self.centre - bLm, aU, bU
 
-    def _ranges(self, bk, node, l, u, f, df):
+    def _ranges(self, bk, node, l, u, f, df, cache=None):
         """Tangent ranges and chords of the upper line on ``[l, u]`` and of the mirrored lower
         line on ``[-u, -l]``; they depend on the bounds only, not on the parameters, so one
-        optimisation pass reuses them for every row while ``l``/``u`` are the same arrays."""
-        cache = self.__dict__.setdefault("_range_cache", {})
-        hit = cache.get(node.name)
-        if hit is not None and hit[0] is l and hit[1] is u:
-            return hit[2]
-        out = (s_tangent_range(bk, f, df, l, u) + chord(bk, f, l, u),
-               s_tangent_range(bk, f, df, -u, -l) + chord(bk, f, -u, -l))
-        if len(cache) > 256:
-            cache.clear()
-        cache[node.name] = (l, u, out)
-        return out
+        optimisation pass reuses them for every row while ``l``/``u`` are the same arrays
+        (:func:`~.lines.per_bounds`)."""
+        return per_bounds(cache, node, l, u, lambda: (s_tangent_range(bk, f, df, l, u) + chord(bk, f, l, u),
+                                                     s_tangent_range(bk, f, df, -u, -l) + chord(bk, f, -u, -l)))
 
 
 EXAMPLES = (Example(((2, 9),), low=-6.0, high=6.0), Example(((1, 2, 3, 3),), low=-0.5, high=0.5))
