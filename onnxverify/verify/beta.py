@@ -130,7 +130,7 @@ class BabProblem:
                     cur[name] = (np.broadcast_to(lo, shape), np.broadcast_to(hi, shape))
                     continue
                 k = self.split_nodes.index(name)
-                lo, hi = self._clamp(k, B, np.repeat(lo, B, axis=0), np.repeat(hi, B, axis=0), splits)
+                lo, hi = self._clamp(k, B, np.broadcast_to(lo, shape), np.broadcast_to(hi, shape), splits)
                 gap = (lo - hi).reshape(B, -1)
                 empty |= (gap > 1e-9 * (1 + np.abs(hi).reshape(B, -1))).any(axis=1)
                 cur[name] = (lo, np.maximum(hi, lo))
@@ -262,6 +262,14 @@ def _lagrangian(bk, P, splits, beta, B, K, dtype):
     return extra, const
 
 
+def _on_device(bk, a, dtype):
+    """``a (B, *shape)`` (NumPy) as a backend array; bounds every subdomain shares (a
+    broadcast view: stride 0 on the batch axis) are converted once and expanded."""
+    if a.shape[0] > 1 and a.strides[0] == 0:
+        return bk.broadcast_to(bk.asarray(a[:1], dtype=dtype), a.shape)
+    return bk.asarray(a, dtype=dtype)
+
+
 class _Pass:
     """The output pass of one batch in one dtype: engine (bounds of ``bounds``), recording
     box and spec rows ``lam (B, K, *out_shape)``."""
@@ -274,9 +282,9 @@ class _Pass:
                                  np.repeat(P.hi.reshape((1,) + g.input_shape), B, axis=0))
         env = {g.input.name: (bk.asarray(self.box.lower, dtype=dtype), bk.asarray(self.box.upper, dtype=dtype))}
         for name, (lo, hi) in bounds.items():
-            # empty subdomains get a harmless interval (their bound is +inf anyway)
-            lo = np.where(empty.reshape((B,) + (1,) * (lo.ndim - 1)), np.minimum(lo, hi), lo)
-            env[name] = (bk.asarray(lo, dtype=dtype), bk.asarray(hi, dtype=dtype))
+            if empty.any():  # empty subdomains get a harmless interval (their bound is +inf anyway)
+                lo = np.where(empty.reshape((B,) + (1,) * (lo.ndim - 1)), np.minimum(lo, hi), lo)
+            env[name] = (_on_device(bk, lo, dtype), _on_device(bk, hi, dtype))
         self.eng = LinearEngine(g, self.box, bk, dtype, P.strategy, env)
         self.eng.bounds.update(env)
         out = g[g.output]
