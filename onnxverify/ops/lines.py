@@ -27,7 +27,6 @@ def constant_lines(bk, f, l, u):
     return zero, f(l), zero, f(u)
 
 
-
 def per_bounds(cache, node, l, u, make):
     """``make()``, computed once while the input bounds of ``node`` are the same arrays ``l,
     u``: an optimisation pass evaluates the lines of many parameter iterates on fixed

@@ -334,7 +334,9 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     ``P.dtype``, the parameters of each subdomain's best iterate are evaluated once more in
     ``P.dtype`` and that pass alone gives ``lower`` (and the scores): the bounds are as
     sound as ``P.dtype``'s. ``sound=False`` (ranking trial splits) skips that pass and
-    returns the ``fast_dtype`` bounds without gradients."""
+    returns the ``fast_dtype`` bounds without gradients. ``refresh``: the split nodes after
+    each subdomain's first split are re-bounded by CROWN on it first
+    (:meth:`BabProblem.refreshed_bounds`)."""
     import time
 
     torch = bk.xp
