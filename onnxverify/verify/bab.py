@@ -68,11 +68,12 @@ def _one_domain(bounds, i):
 
 def flat_alpha(P: BabProblem, alphas: dict, K: int) -> np.ndarray:
     """``{node: tuple of (1, K, *shape)}`` (alpha-CROWN's output-pass parameters, rows of the
-    lower bound) -> ``(1, K, A)`` in :attr:`BabProblem.layout` order; missing nodes get 0."""
+    lower bound) -> ``(1, K, A)`` in :attr:`BabProblem.layout` order (the neurons with a
+    parameter); missing nodes get 0."""
     out = np.zeros((1, K, P.n_alpha), dtype=np.float32)
-    for name, c, shape, off in P.layout:
+    for name, c, shape, off, free in P.layout:
         if name in alphas:
-            out[:, :, off:off + int(np.prod(shape))] = np.asarray(alphas[name][c])[:, :K].reshape(1, K, -1)
+            out[:, :, off:off + len(free)] = np.asarray(alphas[name][c])[:, :K].reshape(1, K, -1)[:, :, free]
     return out
 
 

@@ -14,7 +14,8 @@ are optimised per subdomain and per spec row by projected Adam. Subdomains are b
 many at once along the engine's batch axis.
 
 Shapes: ``B`` subdomains, ``K`` spec rows, ``D`` splits per subdomain (padded with node -1),
-``J`` disjuncts, ``A`` line parameters per row (all optimisable nodes flattened).
+``J`` disjuncts, ``A`` line parameters per row (the neurons of all optimisable nodes that are
+undecided at the root, flattened).
 """
 from __future__ import annotations
 
@@ -74,12 +75,19 @@ class BabProblem:
                 self.split_nodes.append(n.inputs[0])
                 self.split_rules.append(n)
         self.opt_nodes = [n for n in g.computed if optimizable(n) and n.name in g.ancestors(g.output)]
+        # line parameters only for the neurons undecided at the root: a subdomain's bounds lie
+        # inside the root's, so the others keep their fixed lines in every subdomain
         self.layout, off = [], 0
         for n in self.opt_nodes:
+            free = np.arange(n.size)
+            if n.inputs[0] in self.root:
+                lo, hi = (np.asarray(v, dtype=np.float64) for v in self.root[n.inputs[0]])
+                free = np.flatnonzero(np.ravel(rule_of(n).undecided(NP, n, lo, hi)))
             for c in range(rule_of(n).alpha_count):
-                self.layout.append((n.name, c, tuple(n.shape), off))
-                off += n.size
+                self.layout.append((n.name, c, tuple(n.shape), off, free))
+                off += len(free)
         self.n_alpha = off
+        self._free_t = {}  # node name -> its free indices on the torch side
 
     def disjunct(self, j: int):
         """Disjunct ``j`` alone: ``(problem with its rows only, their indices (K_j,))`` (a
@@ -228,11 +236,19 @@ class DomainBatch:
 
 
 def _alpha_dict(bk, P, flat):
-    """``(B, K, A)`` tensor -> ``{node: tuple of (B, K, *shape)}``."""
+    """``(B, K, A)`` tensor -> ``{node: tuple of (B, K, *shape)}`` (0 at the neurons without
+    a parameter: their lines do not read it)."""
     out = {}
     B, K = flat.shape[:2]
-    for name, c, shape, off in P.layout:
-        out.setdefault(name, []).append(flat[:, :, off:off + int(np.prod(shape))].reshape((B, K) + shape))
+    for name, c, shape, off, free in P.layout:
+        part = flat[:, :, off:off + len(free)]
+        N = int(np.prod(shape))
+        if len(free) < N:
+            idx = P._free_t.get(name)
+            if idx is None or idx.device != part.device:
+                idx = P._free_t[name] = bk.xp.as_tensor(free, device=part.device)
+            part = bk.xp.zeros((B, K, N), dtype=part.dtype, device=part.device).index_copy(2, idx, part)
+        out.setdefault(name, []).append(part.reshape((B, K) + shape))
     return {k: tuple(v) for k, v in out.items()}
 
 
