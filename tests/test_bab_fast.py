@@ -191,3 +191,60 @@ def test_children_split_on_several_neurons_cover_every_sign_combination():
             np.testing.assert_array_equal(k["idx"], [4] + [c[1] for c in parent["split"][:d]])
             np.testing.assert_array_equal(k["t"], [0.0] + [c[2] for c in parent["split"][:d]])
             assert k["beta"].shape == (1 + d, K) and np.all(k["beta"][1:] == 0) and k["beta"][0, 0] == 1
+
+
+def _conv_problem(rng):
+    """nets.convnet (Mul, Conv, BN, ReLU first: an affine first layer) on a small box, margin rows."""
+    import nets
+    import onnxverify as ov
+    from onnxverify.bounds.optimized import alpha_crown
+    from onnxverify.specs.input_sets import Box
+    from onnxverify.verify.bab import flat_alpha
+    from onnxverify.verify.beta import BabProblem
+
+    model, (lo_, hi_) = nets.ALL_BUILDERS["convnet"](1)
+    g = ov.import_model(model)
+    x0 = rng.uniform(lo_, hi_, (1,) + tuple(g.input_shape))
+    lo, hi = np.clip(x0 - 0.15, lo_, hi_).ravel(), np.clip(x0 + 0.15, lo_, hi_).ravel()
+    R = np.asarray(ov.margin_spec(0, 6)).reshape(-1, 6)[:2]
+    res = alpha_crown(g, Box(lo.reshape(x0.shape), hi.reshape(x0.shape)), R, iters=3, upper=False)
+    P = BabProblem(g, lo, hi, R, np.zeros(2), np.zeros(2, dtype=np.int64), res.bounds, "adaptive", np.float64, 1e-9)
+    return P, flat_alpha(P, res.alphas, 2)
+
+
+@pytest.mark.parametrize("which", ["relu", "leaky", "conv"])
+def test_first_layer_trials_equal_a_trial_pass(which):
+    """FSB's children split on a first-layer neuron, bounded from the parent's pass alone
+    (FirstLayerTrials), get the bound one trial pass with the parent's parameters gives."""
+    from onnxverify.bounds.optimized import torch_backend
+    from onnxverify.verify.beta import DomainBatch, bound_domains
+    from onnxverify.verify.branching import FirstLayerTrials
+
+    rng = np.random.default_rng({"relu": 0, "leaky": 1, "conv": 2}[which])
+    if which == "conv":
+        P, a0 = _conv_problem(rng)
+    else:
+        acts = ("Relu", "Relu") if which == "relu" else ("LeakyRelu", "Relu")
+        g = ir_nets.dense_net(5, sizes=(4, 12, 10, 3), acts=acts, eta=0.1, scale=1.5)
+        P, a0 = tb._problem(g, -np.ones(4), np.ones(4), rng.normal(size=(2, 3)), np.zeros(2))
+    first = FirstLayerTrials(P)
+    assert list(first.maps) == [0]  # the first layer only
+    doms = _random_domains(rng, P, B=5, D=2, K=2)
+    bk = torch_backend()
+    res = bound_domains(bk, P, doms, a0, iters=0, scores=True, propagate=False, capture=first.capture_names())
+    lo, hi = (v.reshape(len(doms), -1) for v in res["bounds"][P.split_nodes[0]])
+    cand = [(b, j) for b in range(len(doms)) for j in np.flatnonzero((lo[b] < 0) & (hi[b] > 0))[:6]]
+    assert len(cand) >= 5
+    bb, jj = (np.array(v) for v in zip(*cand))
+    node, idx, side, t = doms.splits
+    for s in (1, -1):
+        got = first.lower(P, res, bb, np.zeros(len(bb), int), jj, np.full(len(bb), s))
+        kids = DomainBatch((np.concatenate([node[bb], np.zeros((len(bb), 1), int)], 1),
+                            np.concatenate([idx[bb], jj[:, None]], 1),
+                            np.concatenate([side[bb], np.full((len(bb), 1), s)], 1),
+                            np.concatenate([t[bb], np.zeros((len(bb), 1))], 1)),
+                           np.concatenate([doms.beta[bb], np.zeros((len(bb), 1, 2), np.float32)], 1),
+                           res["alpha"][bb], doms.open[bb])
+        ref = bound_domains(bk, P, kids, a0, iters=0, sound=False, propagate=False)["lower"]
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+        assert np.any(np.abs(got - res["lower"][bb]) > 1e-6)  # the split changes the bound

@@ -27,7 +27,7 @@ from ..ops.patches import add as add_patches
 
 
 def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True, window=None,
-             relax: dict | None = None, extra: dict | None = None):
+             relax: dict | None = None, extra: dict | None = None, capture: dict | None = None):
     """``(lower, upper)`` of ``lam . node(start)``, each ``(B, K)`` (``upper`` None when not
     requested); see the module docstring for ``depth`` and ``window``.
 
@@ -35,7 +35,11 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
     optimised lines with one slope per row and neuron, ``(B, K, *shape)``). ``extra``:
     ``{node name: (cL, cU)}``, coefficients ``(B, K, *shape)`` (or None) added to the lower /
     upper pass when it reaches that node: the bound is then of ``lam . node(start) +
-    sum c . node`` (Lagrangian terms of split constraints)."""
+    sum c . node`` (Lagrangian terms of split constraints). ``capture``: a dict whose keys
+    name nodes; the lower pass's coefficients on each of them (on its output, ``(B, K,
+    *shape)``; None where they are patches or a window) are stored under its name, and the
+    input coefficients ``(B, K, n0)`` (None if patches) and the constant ``(B, K)`` under
+    ``"<input>"`` and ``"<bias>"`` (what the input set concretises)."""
     bk, g = eng.bk, eng.g
     B, K = (lam.data if isinstance(lam, Patches) else lam).shape[:2]
     pass_ = _Pass(eng)
@@ -56,6 +60,8 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
         AL, AU = pass_.acc.pop(node.name)
         d = pass_.dist[node.name]
         win = pass_.wins.pop(node.name, None)
+        if capture is not None and node.name in capture:
+            capture[node.name] = None if isinstance(AL, Patches) or win is not None else AL
         cut = depth is not None and d >= depth and node.name != start and node.name in eng.maps
         if isinstance(AL, Patches) and cut:
             AL, AU = _dense_pair(bk, AL, AU)
@@ -89,6 +95,9 @@ def backward(eng, start: str, lam, depth: int | None = None, upper: bool = True,
         for s in range(2):
             if biases[s] is not None and bias[s] is not None:
                 bias[s] = bias[s] + biases[s]
+    if capture is not None:
+        capture["<input>"] = None if isinstance(coef[0], Patches) else coef[0]
+        capture["<bias>"] = bias[0]
     if coef[0] is None and coef[1] is None:
         return bias[0], bias[1]
     (ends,), _ = each_side(coef[0], coef[1], lambda A, up: ([eng.concretize(A, bias[int(up)], up)], None))

@@ -108,6 +108,11 @@ class Relu(ElementwiseRule):
         """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""
         return [l * 0]
 
+    def split_line(self, node, side: int):
+        """``(a, b)``: the op itself, ``a z + b``, on side ``side`` of its split at 0 (+1: ``z >=
+        0``, -1: ``z <= 0``), for every neuron (no other branch point)."""
+        return (1.0, 0.0) if side > 0 else (self.slope(node), 0.0)
+
     convert = unary_converter("Relu", since=1, examples=EXAMPLES)
 
 

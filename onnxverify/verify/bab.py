@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from .beta import BabProblem, DomainBatch, bound_domains
-from .branching import FLAT, top_candidates
+from .branching import FLAT, FirstLayerTrials, top_candidates
 from .deadline import Decided
 
 __all__ = ["BabSettings", "neuron_bab", "bab_by_disjunct", "flat_alpha"]
@@ -138,6 +138,8 @@ class _Search:
         self.max_domains = max(16, int(settings.memory_fraction * mem // rec_bytes))
         self.batch = min(settings.batch, self.max_batch)
         self.milp_cache, self.milp_off, self.milp_spent = {}, False, 0.0
+        first = FirstLayerTrials(P) if settings.fsb_k > 1 else None
+        self.first = first if first is not None and first.maps else None  # FSB trials without a pass
         self.t0 = time.monotonic()
 
     def bound(self, doms, iters, scores, sound=True):
@@ -152,7 +154,8 @@ class _Search:
             out.append(bound_domains(self.bk, self.P, sub, self.root_alpha, iters, self.cfg.lr_alpha,
                                      self.cfg.lr_beta, scores, deadline=self.s.deadline, rows=rows,
                                      fast_dtype=self.cfg.fast_dtype, sound=sound, propagate=self.cfg.propagate,
-                                     refresh=self.cfg.refresh and sound))
+                                     refresh=self.cfg.refresh and sound,
+                                     capture=self.first.capture_names() if scores and self.first else None))
         self.stats["bound_s"] += time.monotonic() - ts
         if len(out) == 1:
             return out[0]
@@ -165,6 +168,9 @@ class _Search:
                              for n in out[0]["scores"]}
             res["lines"] = {n: tuple(np.concatenate([np.broadcast_to(o["lines"][n][c], o["scores"][n][0].shape)
                                                      for o in out]) for c in range(4)) for n in out[0]["lines"]}
+        if "capture" in out[0]:
+            res["capture"] = {k: (v if k == "rows" or v is None else np.concatenate([o["capture"][k] for o in out]))
+                              for k, v in out[0]["capture"].items()}
         return res
 
     def decide(self, doms, res):
@@ -190,16 +196,7 @@ class _Search:
         choice = np.zeros(B, dtype=np.int64)
         kk = min(self.cfg.fsb_k, node.shape[1])
         if kk > 1:
-            parents = _records(doms, res, self.P, doms.open)
-            trial = []
-            for i, r in enumerate(parents):
-                for c in range(kk):
-                    trial.append(dict(r, split=[(node[i, c], idx[i, c], t[i, c])]))
-            kids = _children(trial, self.K)
-            tr = self.bound(_batch(kids, self.P, self.K), 0, False, sound=False)  # ranking only
-            opens = np.repeat(doms.open, 2 * kk, axis=0)
-            w = _worst_margin(self.P, tr["lower"], opens & ~self.P.proved_disjuncts(tr["lower"]))
-            w = w.reshape(B, kk, 2)
+            w = self._trials(doms, res, node[:, :kk], idx[:, :kk], t[:, :kk], valid[:, :kk])
             value = w.min(axis=2) + 1e-3 * np.minimum(w.max(axis=2), 1e6)
             value = np.where(valid[:, :kk], value, -np.inf)
             choice = np.argmax(value, axis=1)
@@ -213,6 +210,29 @@ class _Search:
                     if valid[i, o]]
             out.append(cand or None)
         return out
+
+    def _trials(self, doms, res, node, idx, t, valid):
+        """FSB: the worst open margin ``(B, kk, 2)`` of each candidate's two children, each
+        bounded once with its parent's parameters (ranking only): first-layer candidates by
+        :class:`~.branching.FirstLayerTrials` from the parent's pass, the others by a pass."""
+        P = self.P
+        B, kk = node.shape
+        lower = np.full((B, kk, 2, len(P.b)), np.nan)
+        if self.first is not None:
+            bb, cc = np.nonzero(valid)
+            for s_i, side in enumerate((1, -1)):  # _children's order: side +1 first
+                lower[bb, cc, s_i] = self.first.lower(P, res, bb, node[bb, cc], idx[bb, cc], np.full(len(bb), side))
+            self.stats["fsb_no_pass"] += int((~np.isnan(lower[bb, cc, 0]).all(axis=1)).sum())
+        todo = [(i, c) for i in range(B) for c in range(kk) if valid[i, c] and np.isnan(lower[i, c, 0]).all()]
+        if todo:
+            parents = _records(doms, res, P, doms.open)
+            trial = [dict(parents[i], split=[(node[i, c], idx[i, c], t[i, c])]) for i, c in todo]
+            tr = self.bound(_batch(_children(trial, self.K), P, self.K), 0, False, sound=False)
+            ii, cc = (np.array(v) for v in zip(*todo))
+            lower[ii, cc] = tr["lower"].reshape(len(todo), 2, -1)
+        lower = lower.reshape(B * kk * 2, -1)
+        opens = np.repeat(doms.open, 2 * kk, axis=0)
+        return _worst_margin(P, lower, opens & ~P.proved_disjuncts(lower)).reshape(B, kk, 2)
 
     def _flat(self, doms, score, valid):
         """``(B,)``: subdomains with splits whose every candidate scores below :data:`FLAT`
@@ -270,6 +290,8 @@ class _Search:
         sub_res["scores"] = {n: (a[live], b[live]) for n, (a, b) in res["scores"].items()}
         sub_res["lines"] = {n: tuple(np.broadcast_to(v, res["scores"][n][0].shape)[live] for v in ls)
                             for n, ls in res["lines"].items()}
+        if "capture" in res:
+            sub_res["capture"] = {k: (v if k == "rows" or v is None else v[live]) for k, v in res["capture"].items()}
         splits = self.decide(sub, sub_res)
         recs = _records(sub, sub_res, P, open_now[live])
         margin = _worst_margin(P, lower[live], open_now[live])
@@ -392,7 +414,8 @@ def neuron_bab(s, cs, P: BabProblem, root_alpha, root_open, stats: dict, setting
     from ..bounds.optimized import torch_backend
     from .attack import CaseObjective
 
-    for k in ("bounded", "rounds", "max_queue", "proved", "leaves", "open_leaves", "flat", "milp_tried", "milp_proved"):
+    for k in ("bounded", "rounds", "max_queue", "proved", "leaves", "open_leaves", "flat", "milp_tried", "milp_proved",
+              "fsb_no_pass"):
         stats.setdefault(k, 0)
     for k in ("bound_s", "branch_s", "attack_s", "milp_s"):
         stats.setdefault(k, 0.0)

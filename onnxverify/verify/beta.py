@@ -306,10 +306,12 @@ class _Pass:
         out = g[g.output]
         self.lam = bk.asarray(np.repeat(P.R[rows].reshape((1, self.K) + tuple(out.shape)), B, axis=0), dtype=dtype)
 
-    def lower(self, splits, alpha, beta, zs=None):
+    def lower(self, splits, alpha, beta, zs=None, capture=None):
         """``(B, K)`` lower bounds for line parameters ``alpha (B, K, A)`` and multipliers
         ``beta (B, D, K)``; with ``zs`` (a dict), zero offsets of every node's intercepts
-        that require grad are added (their gradients are the branching scores)."""
+        that require grad are added (their gradients are the branching scores);
+        ``capture``: see :func:`~onnxverify.bounds.backward.backward` (plus ``"<low>"``, the
+        bounds returned)."""
         bk, P = self.bk, self.P
         torch = bk.xp
         relax = alpha_relax(bk, P.graph, self.eng, _alpha_dict(bk, P, alpha))
@@ -320,7 +322,10 @@ class _Pass:
                 zs[name] = (zL, zU)
                 relax[name] = (aL, bL + zL, aU, bU + zU)
         extra, const = _lagrangian(bk, P, splits, beta, self.B, self.K, self.dtype)
-        low, _ = backward(self.eng, P.graph.output, self.lam, upper=False, relax=relax, extra=extra)
+        low, _ = backward(self.eng, P.graph.output, self.lam, upper=False, relax=relax, extra=extra,
+                          capture=capture)
+        if capture is not None:
+            capture["<low>"] = low + const
         return low + const
 
     def lines(self, alpha):
@@ -331,7 +336,7 @@ class _Pass:
 
 def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int = 10, lr_alpha: float = 0.1,
                   lr_beta: float = 0.05, scores: bool = False, deadline=None, rows=None, fast_dtype=None,
-                  sound: bool = True, propagate: bool = True, refresh: bool = False):
+                  sound: bool = True, propagate: bool = True, refresh: bool = False, capture=None):
     """Optimise and bound ``doms``. Returns a dict: ``lower (B, K)`` (``+inf`` rows for empty
     subdomains), ``alpha (B, K, A)`` and ``beta (B, D, K)`` (float32 warm starts),
     ``bounds`` (the clamped intermediate bounds, NumPy; ``propagate``: see
@@ -352,7 +357,10 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     sound as ``P.dtype``'s. ``sound=False`` (ranking trial splits) skips that pass and
     returns the ``fast_dtype`` bounds without gradients. ``refresh``: the split nodes after
     each subdomain's first split are re-bounded by CROWN on it first
-    (:meth:`BabProblem.refreshed_bounds`)."""
+    (:meth:`BabProblem.refreshed_bounds`). ``capture``: node names whose lower-pass
+    coefficients the pass that gives the scores stores (see
+    :func:`~onnxverify.bounds.backward.backward`): NumPy in ``res["capture"]``, with
+    ``"<low>"`` its bounds and ``"rows"`` the rows bounded."""
     import time
 
     torch = bk.xp
@@ -380,10 +388,11 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     best = None
     best_alpha, best_beta = alpha.detach().clone(), beta.detach().clone()
     zs = {} if scores and not final else None
+    cap = dict.fromkeys(capture) if capture is not None else None
     with torch.set_grad_enabled(grads):
         for it in range(0 if final and iters == 0 else iters + 1):
             last = it == iters or (deadline is not None and time.monotonic() >= deadline)
-            low = ps.lower(doms.splits, alpha, beta, zs if last else None)
+            low = ps.lower(doms.splits, alpha, beta, zs if last else None, cap if last and not final else None)
             obj = _objective(low, b_t, mask_t, open_t, keep)
             with torch.no_grad():
                 if best is None:
@@ -408,7 +417,7 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
         alpha_f, beta_f = best_alpha.to(ps.lam.dtype), best_beta.to(ps.lam.dtype)
         zs = {} if scores else None
         with torch.set_grad_enabled(scores):
-            best = ps.lower(doms.splits, alpha_f, beta_f, zs)
+            best = ps.lower(doms.splits, alpha_f, beta_f, zs, cap)
             if scores:
                 _objective(best, bk.asarray(P.b[rows], dtype=P.dtype), mask_t.to(best.dtype),
                            open_t.to(best.dtype), keep.to(best.dtype)).backward()
@@ -427,6 +436,10 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     beta_out = np.array(doms.beta, dtype=np.float32)
     beta_out[:, :, rows] = np.asarray(bk.to_numpy(best_beta))
     res = {"lower": lower, "alpha": alpha_out, "beta": beta_out, "bounds": bounds, "empty": empty, "x": x}
+    if cap is not None:
+        res["capture"] = {k: None if v is None else np.asarray(bk.to_numpy(v.detach()), dtype=np.float64)
+                          for k, v in cap.items()}
+        res["capture"]["rows"] = rows
     if scores:
         res["scores"] = {n: tuple(None if z.grad is None else np.asarray(bk.to_numpy(z.grad)) for z in zz)
                          for n, zz in zs.items()}

@@ -9,7 +9,11 @@ lower line intercepts (from autograd: ``neg(A)`` and ``pos(A)`` of the backward 
 BaBSR's intercept score. A tiny width term breaks ties among neurons the estimate misses.
 
 FSB (De Palma et al. 2021): the ``k`` best candidates of each subdomain are tried by bounding
-both children once (no optimisation); the candidate whose worse child is best wins.
+both children once (no optimisation); the candidate whose worse child is best wins. For a
+split on a node that is an affine function of the input (the first layer), that one pass is
+the parent's with one neuron's line changed, which reaches the input as a change of the
+neuron's own input weights: :class:`FirstLayerTrials` computes it from the parent's pass
+(its coefficients on the split rule's output and on the input) in ``O(fan-in)`` per child.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 from ..backend import get_backend
 from ..ops import rule_of
 
-__all__ = ["candidate_scores", "top_candidates", "NO_SPLIT", "TIE", "FLAT"]
+__all__ = ["candidate_scores", "top_candidates", "FirstLayerTrials", "NO_SPLIT", "TIE", "FLAT"]
 
 NP = get_backend("numpy")
 #: decision of a subdomain with nothing left to split
@@ -81,3 +85,100 @@ def top_candidates(P, res, k: int, with_scores: bool = False):
     valid = np.isfinite(top_score)
     out = node[top], idx[top], np.take_along_axis(t, top, 1), valid
     return out + (top_score,) if with_scores else out
+
+
+def affine_prefix(graph, name):
+    """``(M, c)`` with node ``name``'s value ``= M x + c`` (``M`` a CSR ``(N, n0)`` matrix, ``c
+    (N,)``) when every node between the input and it is affine, else None."""
+    from scipy.sparse import coo_matrix
+
+    anc = graph.ancestors(name) | {name}
+    chain = [n for n in graph.computed if n.name in anc]
+    if not all(rule_of(n).affine for n in chain):
+        return None
+    n0 = graph.input.size
+
+    def value(x):  # (m, n0) -> (m, N)
+        vals = {graph.input.name: x.reshape((len(x),) + tuple(graph.input_shape))}
+        for n in chain:
+            vals[n.name] = np.asarray(rule_of(n).apply(NP, n, *[vals[i] for i in n.inputs], bias=True), dtype=np.float64)
+        return vals[name].reshape(len(x), -1)
+
+    c = value(np.zeros((1, n0)))[0]
+    rows, cols, vals = [], [], []
+    for s in range(0, n0, 128):
+        m = min(128, n0 - s)
+        eye = np.zeros((m, n0))
+        eye[np.arange(m), s + np.arange(m)] = 1.0
+        d = value(eye) - c  # (m, N): columns s..s+m of M, transposed
+        i, j = np.nonzero(d)
+        rows.append(j)
+        cols.append(s + i)
+        vals.append(d[i, j])
+    M = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(c.size, n0))
+    return M.tocsr(), c
+
+
+class FirstLayerTrials:
+    """FSB's trial bounds of children split on first-layer neurons (split nodes affine in the
+    input, whose rule knows the exact line of each side, ``split_line``), without a pass.
+
+    Shapes: the parent's captured pass (``res["capture"]``, see
+    :func:`~.beta.bound_domains`): ``A_r (B, K', *shape)`` on the split rule's output,
+    ``A_in (B, K', n0)`` on the input, ``low (B, K')``, its lines ``res["lines"]``. A child
+    of candidate ``(b, k, j, side)`` changes neuron ``j``'s line from the parent's (``pos(A_r)``
+    meets the lower line, ``neg(A_r)`` the upper one) to the exact ``a z + b``: coefficient
+    change ``d`` on ``h_j``, constant change ``db + d c_j``, input coefficients ``A_in + d
+    M_j`` (``h = M x + c``), so its bound is the parent's plus ``db + d c_j + sum_i [d M_ji
+    mid_i - (|A_in,i + d M_ji| - |A_in,i|) rad_i]`` over ``j``'s fan-in (the box's centre and
+    radius): the same number a trial pass with the parent's parameters computes."""
+
+    def __init__(self, P):
+        self.maps = {}  # split node index -> (M, c)
+        for k, (name, rn) in enumerate(zip(P.split_nodes, P.split_rules)):
+            if hasattr(rule_of(rn), "split_line"):
+                m = affine_prefix(P.graph, name)
+                if m is not None:
+                    self.maps[k] = m
+        self.rules = {k: P.split_rules[k] for k in self.maps}
+        self.mid = (np.asarray(P.lo, dtype=np.float64) + P.hi).ravel() / 2
+        self.rad = (np.asarray(P.hi, dtype=np.float64) - P.lo).ravel() / 2
+
+    def capture_names(self):
+        return [rn.name for rn in self.rules.values()]
+
+    def lower(self, P, res, b, k, j, side):
+        """``(n, K_all)`` lower bounds of the children ``(b, k, j, side)`` (arrays ``(n,)``; ``+inf``
+        on rows the parent's pass did not bound), or None where a candidate is not covered
+        (row ``i`` all NaN)."""
+        cap = res.get("capture")
+        n = len(b)
+        out = np.full((n, len(P.b)), np.nan)
+        if cap is None or cap.get("<input>") is None:
+            return out
+        rows = cap["rows"]
+        A_in, low = cap["<input>"], cap["<low>"]
+        for i in range(n):
+            kk = int(k[i])
+            if kk not in self.maps:
+                continue
+            rn = self.rules[kk]
+            A = cap.get(rn.name)
+            if A is None:
+                continue
+            M, c = self.maps[kk]
+            jj, bb = int(j[i]), int(b[i])
+            a_r = A[bb].reshape(A.shape[1], -1)[:, jj]  # (K',)
+            aL, bL, aU, bU = (np.broadcast_to(v, A.shape)[bb].reshape(A.shape[1], -1)[:, jj] for v in res["lines"][rn.name])
+            pos, neg = np.maximum(a_r, 0), np.minimum(a_r, 0)
+            a_c, b_c = rule_of(rn).split_line(rn, int(side[i]))
+            d = a_r * a_c - (pos * aL + neg * aU)
+            db = a_r * b_c - (pos * bL + neg * bU)
+            lo_, hi_ = M.indptr[jj], M.indptr[jj + 1]
+            cols, w = M.indices[lo_:hi_], M.data[lo_:hi_]
+            old = A_in[bb][:, cols]  # (K', m)
+            dA = d[:, None] * w[None]
+            conc = (dA * self.mid[cols]).sum(1) - ((np.abs(old + dA) - np.abs(old)) * self.rad[cols]).sum(1)
+            out[i] = np.inf
+            out[i, rows] = low[bb] + db + d * c[jj] + conc
+        return out
