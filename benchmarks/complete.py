@@ -98,6 +98,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "out" / "complete"))
     ap.add_argument("--fresh", action="store_true", help="delete previous results first")
+    ap.add_argument("--redo", default="", help="verdicts of a previous run in --out to redo, e.g. timeout,unknown")
     args = ap.parse_args(argv)
 
     from onnxverify.report import format_table
@@ -114,7 +115,7 @@ def main(argv=None):
         groups.append((name, seeded_sample(insts, args.per_family, args.seed, name), str(out / name)))
     load_start, t0 = _load(), time.monotonic()
     results = run_instances([(insts, d) for _, insts, d in groups], timeout_cap=args.cap, workers=args.workers,
-                            progress=True, fresh=args.fresh)
+                            progress=True, fresh=args.fresh, redo=[v for v in args.redo.split(",") if v])
     wall, load_end = time.monotonic() - t0, _load()
 
     table, summary, rows_out, cache = [], {}, [], {}
