@@ -124,6 +124,8 @@ def test_refreshed_bounds_hold_on_each_subdomain_and_tighten(seed):
     """The split nodes after a subdomain's first split, re-bounded by CROWN on the
     subdomain, contain every sampled value of the subdomain and lie inside the clamped
     bounds; over the seeds they are strictly tighter somewhere."""
+    from onnxverify.verify.refresh import refreshed_bounds
+
     rng = np.random.default_rng(seed)
     acts = ACTS[seed % len(ACTS)]
     g = ir_nets.dense_net(seed, sizes=(3, 8, 8, 8, 2), acts=acts + acts[1:], eta=0.1, scale=1.5)
@@ -131,7 +133,7 @@ def test_refreshed_bounds_hold_on_each_subdomain_and_tighten(seed):
     P, _ = _problem(g, lo, hi, rng.normal(size=(2, 2)), np.zeros(2))
     splits = _random_splits(rng, P, 8, 2)
     clamped, empty = P.clamped_bounds(splits, propagate=False)
-    fresh, empty2 = P.refreshed_bounds(clamped, empty, splits)
+    fresh, empty2 = refreshed_bounds(P, clamped, empty, splits)
     assert np.all(empty2 >= empty)
     xs = ir_nets.box_points(rng, lo, hi, 20000)
     vals = ir_nets.values(g, xs)

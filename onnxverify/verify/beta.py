@@ -29,6 +29,7 @@ from ..bounds.optimized import Adam, alpha_relax, optimizable
 from ..backend import get_backend
 from ..ops import rule_of
 from ..specs.input_sets import Box
+from .refresh import crossed, refreshed_bounds
 
 __all__ = ["BabProblem", "DomainBatch", "bound_domains"]
 
@@ -139,12 +140,10 @@ class BabProblem:
                     continue
                 k = self.split_nodes.index(name)
                 lo, hi = self._clamp(k, B, np.broadcast_to(lo, shape), np.broadcast_to(hi, shape), splits)
-                gap = (lo - hi).reshape(B, -1)
-                empty |= (gap > 1e-9 * (1 + np.abs(hi).reshape(B, -1))).any(axis=1)
+                empty |= crossed(lo, hi)
                 cur[name] = (lo, np.maximum(hi, lo))
-            return self._restore_empty(cur, empty, B)
-        cur = {g.input.name: (np.repeat(self.lo.reshape((1,) + g.input_shape), B, axis=0),
-                              np.repeat(self.hi.reshape((1,) + g.input_shape), B, axis=0))}
+            return self.restore_empty(cur, empty, B)
+        cur = {g.input.name: self.input_box(B)}
         empty = np.zeros(B, dtype=bool)
         for n in g.computed:
             lo, hi = (np.asarray(v, dtype=np.float64) for v in
@@ -156,49 +155,14 @@ class BabProblem:
                 hi = np.minimum(hi, np.asarray(r_hi, dtype=np.float64))
             if n.name in self.split_nodes:
                 lo, hi = self._clamp(self.split_nodes.index(n.name), B, lo, hi, splits)
-            gap = (lo - hi).reshape(B, -1)
-            empty |= (gap > 1e-9 * (1 + np.abs(hi).reshape(B, -1))).any(axis=1)
+            empty |= crossed(lo, hi)
             cur[n.name] = (lo, np.maximum(hi, lo))
-        return self._restore_empty(cur, empty, B)
+        return self.restore_empty(cur, empty, B)
 
-    def refreshed_bounds(self, bounds, empty, splits, max_memory=None):
-        """``bounds`` (from :meth:`clamped_bounds`) with the split nodes after each
-        subdomain's first split re-bounded by CROWN backward passes (their undecided
-        neurons only): the split neurons' relaxations are exact on their pieces, so the
-        layers after a split get CROWN-tighter bounds. Returns ``(bounds, empty)``; every
-        interval holds for every input of its subdomain (the passes' lines are valid on
-        it), and a subdomain whose refreshed interval is empty holds no input."""
-        from ..bounds.passes import backward_undecided, default_max_memory, itemsize
-
-        node = splits[0]
-        used = node[node >= 0]
-        if not len(used):
-            return bounds, empty
-        first = int(used.min())
-        later = self.split_nodes[first + 1:]
-        if not later:
-            return bounds, empty
-        g = self.graph
-        B = len(empty)
-        env = {g.input.name: (np.repeat(self.lo.reshape((1,) + g.input_shape), B, axis=0),
-                              np.repeat(self.hi.reshape((1,) + g.input_shape), B, axis=0))}
-        env.update(bounds)
-        dtype = np.dtype(self.dtype)
-        eng = LinearEngine(g, Box(*env[g.input.name]), NP, dtype, self.strategy, env)
-        eng.bounds.update({k: (np.asarray(lo, dtype=dtype), np.asarray(hi, dtype=dtype)) for k, (lo, hi) in env.items()})
-        eng.max_memory = max_memory or default_max_memory()
-        eng.itemsize, eng.out_depth = itemsize(dtype), None
-        out = dict(bounds)
-        empty = empty.copy()
-        for name in later:
-            backward_undecided(eng, name, None, eng.max_memory, eng.itemsize)
-            lo, hi = (np.asarray(v, dtype=np.float64) for v in eng.best(name))
-            gap = (lo - hi).reshape(B, -1)
-            empty |= (gap > 1e-9 * (1 + np.abs(hi).reshape(B, -1))).any(axis=1)
-            out[name] = (lo, np.maximum(hi, lo))
-        if empty.any():
-            out, _ = self._restore_empty(out, empty, B)
-        return out, empty
+    def input_box(self, B):
+        """The input box repeated for ``B`` subdomains: ``(lo, hi)`` NumPy ``(B, *input_shape)``."""
+        shape = (1,) + self.graph.input_shape
+        return np.repeat(self.lo.reshape(shape), B, axis=0), np.repeat(self.hi.reshape(shape), B, axis=0)
 
     def _clamp(self, k, B, lo, hi, splits):
         """``lo, hi (B, *shape)`` of split node ``k`` intersected with the split constraints."""
@@ -210,7 +174,8 @@ class BabProblem:
             fn.at(arr, (bb, idx[bb, dd]), t[bb, dd])
         return lo.reshape(shape), hi.reshape(shape)
 
-    def _restore_empty(self, cur, empty, B):
+    def restore_empty(self, cur, empty, B):
+        """``cur`` with the root's bounds on the ``empty (B,)`` subdomains (finite, never used)."""
         out = {}
         for name, (lo, hi) in cur.items():
             if name in self.root and empty.any():
@@ -294,8 +259,7 @@ class _Pass:
         g = P.graph
         B = len(empty)
         self.bk, self.P, self.dtype, self.B, self.K = bk, P, dtype, B, len(rows)
-        self.box = _RecordingBox(np.repeat(P.lo.reshape((1,) + g.input_shape), B, axis=0),
-                                 np.repeat(P.hi.reshape((1,) + g.input_shape), B, axis=0))
+        self.box = _RecordingBox(*P.input_box(B))
         env = {g.input.name: (bk.asarray(self.box.lower, dtype=dtype), bk.asarray(self.box.upper, dtype=dtype))}
         for name, (lo, hi) in bounds.items():
             if empty.any():  # empty subdomains get a harmless interval (their bound is +inf anyway)
@@ -357,7 +321,7 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     sound as ``P.dtype``'s. ``sound=False`` (ranking trial splits) skips that pass and
     returns the ``fast_dtype`` bounds without gradients. ``refresh``: the split nodes after
     each subdomain's first split are re-bounded by CROWN on it first
-    (:meth:`BabProblem.refreshed_bounds`). ``capture``: node names whose lower-pass
+    (:func:`~onnxverify.verify.refresh.refreshed_bounds`). ``capture``: node names whose lower-pass
     coefficients the pass that gives the scores stores (see
     :func:`~onnxverify.bounds.backward.backward`): NumPy in ``res["capture"]``, with
     ``"<low>"`` its bounds and ``"rows"`` the rows bounded."""
@@ -372,7 +336,7 @@ def bound_domains(bk, P: BabProblem, doms: DomainBatch, root_alpha, iters: int =
     final = np.dtype(P.dtype) != fast and sound  # a last pass in P.dtype gives the bounds
     bounds, empty = P.clamped_bounds(doms.splits, propagate)
     if refresh:
-        bounds, empty = P.refreshed_bounds(bounds, empty, doms.splits)
+        bounds, empty = refreshed_bounds(P, bounds, empty, doms.splits)
     ps = _Pass(bk, P, bounds, empty, rows, fast)
     a0 = doms.alpha if doms.alpha is not None else np.repeat(root_alpha, B, axis=0)
     alpha = bk.asarray(np.asarray(a0[:, rows], dtype=np.float64), dtype=fast)
