@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import nets
+from conftest import BENCH, needs_bench
 from onnxverify.verify.attack import (CaseObjective, Confirmer, forward_flat, input_gradient, pgd_attack, sample_attack,
                                snap_to_box, value_and_grad)
 from onnxverify.ir import Graph, Node
@@ -83,6 +84,36 @@ def test_objective_margins_and_gradient():
     loss, g = obj.loss_grad(y, np.array([-1, 0]))
     np.testing.assert_allclose(loss, [2.0, 6.0])
     np.testing.assert_allclose(g, [[0, 0, 1], [1, -1, 0]])
+
+
+def test_summed_and_softmax_gradients_pull_several_rows_of_the_target():
+    d0 = (np.array([[1.0, -1, 0], [0, 0, 1]]), np.array([0.0, 1.0]))
+    d1 = (np.array([[-1.0, 0, 0]]), np.array([-5.0]))
+    obj = CaseObjective([d0, d1], 3)
+    y = np.array([[2.0, 1.0, 3.0], [2.0, 1.0, 0.5], [2.0, 1.0, 3.0], [2.0, 1.0, 3.0]])  # d0 rows: (1, 2), (1, -0.5), (1, 2)
+    loss, g = obj.loss_grad(y, np.array([0, 0, 0, 0]), np.array([1, 1, 0, 2]))
+    np.testing.assert_allclose(loss, [2.0, 1.0, 2.0, 2.0])  # the loss is the margin whatever the gradient
+    np.testing.assert_allclose(g[:3], [[1, -1, 1], [1, -1, 0], [0, 0, 1]])  # sum of positive rows / worst row
+    p = np.exp([1.0, 2.0]) / np.exp([1.0, 2.0]).sum()  # soft maximum of d0's rows (1, 2); d1's row is not mine
+    np.testing.assert_allclose(g[3], p[0] * np.array([1, -1, 0]) + p[1] * np.array([0, 0, 1]), rtol=1e-6)
+
+
+@needs_bench
+def test_pgd_finds_a_targeted_counterexample_the_margin_gradient_missed():
+    """marabou_cifar10 cifar10_large, index 6413, target 7 (sat; alpha-beta-CROWN 6.8 s):
+    nine rows ``Y_7 >= Y_j``. PGD on the margin alone came within 0.03 of it after 1,000
+    steps and missed it in the cascade; the summed gradient reaches it in a few hundred."""
+    from onnxverify.verify.loading import load_problem
+
+    root = BENCH / "marabou_cifar10"
+    net, ort, prop, _ = load_problem(root / "onnx/cifar10_large.onnx",
+                                     root / "vnnlib/networkcifar10_large_index6413_eps0.012_target7_orig6.vnnlib")
+    case = prop.cases[0]
+    obj = CaseObjective(case.y_disjuncts, net.n_outputs)
+    confirm = Confirmer(ort, prop, net.input_shape)
+    assert pgd_attack(net.graph, case, obj, confirm, np.random.default_rng(0), 4, 100, time.monotonic() + 60)
+    x, y = confirm.found
+    assert np.all(x >= case.x_lower) and np.all(x <= case.x_upper) and np.all(y[7] >= np.delete(y, 7))
 
 
 def test_snap_to_box_gives_float32_values_inside():

@@ -105,15 +105,35 @@ class CaseObjective:
     def margins(self, y):
         return np.maximum.reduceat(self.row_values(y), self.starts, axis=1)  # (B, D)
 
-    def loss_grad(self, y, targets):
+    #: the gradients :meth:`loss_grad` offers (``kinds``): the margin's, the sum of the
+    #: positive rows', the soft maximum's
+    GRADIENTS = ("margin", "summed", "softmax")
+
+    def loss_grad(self, y, targets, kinds=None):
         """Per-sample loss (margin of disjunct ``targets[i]``, or of the best one where the
-        target is -1) and its gradient with respect to ``y``: ``(B,)``, ``(B, n_out)``."""
+        target is -1) and a descent direction for it with respect to ``y``: ``(B,)``,
+        ``(B, n_out)``.
+
+        ``kinds (B,)`` int indexes :data:`GRADIENTS` (default 0): the gradient of the
+        margin (its worst row), of the sum of the disjunct's positive rows
+        ``sum_k max(A y - b, 0)_k``, or of the rows' soft maximum ``log sum_k exp(A y -
+        b)_k``. All three vanish or are small only near the unsafe set, but the last two
+        pull several rows at once: on targeted specs with many rows the margin's gradient
+        zig-zags between the two worst rows."""
         v = self.row_values(y)
         m = np.maximum.reduceat(v, self.starts, axis=1)
         d = np.where(targets >= 0, targets, np.argmin(m, axis=1))
-        masked = np.where(self.owner[None, :] == d[:, None], v, -np.inf)
-        r = np.argmax(masked, axis=1)
-        return m[np.arange(len(d)), d], self.R[r]
+        mine = self.owner[None, :] == d[:, None]
+        masked = np.where(mine, v, -np.inf)
+        g = self.R[np.argmax(masked, axis=1)]
+        if kinds is not None:
+            summed, soft = kinds == 1, kinds == 2
+            if summed.any():
+                g = np.where(summed[:, None], (mine & (v > 0)).astype(np.float32) @ self.R, g)
+            if soft.any():
+                p = np.exp(masked - masked.max(axis=1, keepdims=True))
+                g = np.where(soft[:, None], (p / p.sum(axis=1, keepdims=True)).astype(np.float32) @ self.R, g)
+        return m[np.arange(len(d)), d], g
 
 
 # ----------------------------------------------------------------------------- confirmation
@@ -243,7 +263,8 @@ def pgd_attack(graph, case, objective, confirm, rng, restarts: int, steps: int, 
     """Projected sign-gradient descent on disjunct margins over the case box.
 
     Restarts are spread over the objectives "best disjunct" and, when there are few
-    disjuncts, each disjunct separately; they start from ``starts`` (rows ``(n_in,)``), the
+    disjuncts, each disjunct separately, and over the gradients of
+    :meth:`CaseObjective.loss_grad`; they start from ``starts`` (rows ``(n_in,)``), the
     box centre, then uniform points. The step shrinks from ``step_hi`` to ``step_lo`` times
     the box width (cosine schedule). Every point whose IR margin is ``<= 0`` (within float
     tolerance) goes to ``confirm``. Returns whether a counterexample was confirmed.
@@ -268,8 +289,9 @@ def pgd_attack(graph, case, objective, confirm, rng, restarts: int, steps: int, 
         from_starts = idx < len(starts)
         x[from_starts] = np.clip(starts[idx[from_starts]], lo, hi)
         targets = targets_all[idx % len(targets_all)]
+        kinds = (idx // len(targets_all)) % len(CaseObjective.GRADIENTS)
         for t in range(steps):
-            y, gx = value_and_grad(graph, x, lambda yy: objective.loss_grad(yy, targets)[1])
+            y, gx = value_and_grad(graph, x, lambda yy: objective.loss_grad(yy, targets, kinds)[1])
             m = objective.margins(y)
             if record is not None:
                 record["best"] = min(record.get("best", np.inf), float(m.min()))
