@@ -15,7 +15,10 @@ from onnxverify.specs.vnnlib import Case
 pytestmark = [pytest.mark.usefixtures("one_blas_thread"),
               pytest.mark.skipif(not torch_available(), reason="branch and bound needs torch")]
 
-ACTS = [("Relu", "Relu"), ("LeakyRelu", "Relu"), ("ParamRamp", "ParamRamp"), ("ParamRamp", "LeakyRelu")]
+#: activation pairs of the random nets: piecewise linear (exact pieces after a split) and
+#: S-shaped (split where a narrower interval tightens the lines)
+ACTS = [("Relu", "Relu"), ("LeakyRelu", "Relu"), ("ParamRamp", "ParamRamp"), ("ParamRamp", "LeakyRelu"),
+        ("Sigmoid", "Tanh"), ("Relu", "Sigmoid")]
 
 
 class _Net:
@@ -154,7 +157,7 @@ def test_refreshed_bounds_hold_on_each_subdomain_and_tighten(seed):
 
 
 @pytest.mark.parametrize("refresh", [False, True])
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_split_constrained_bounds_sound_on_each_subdomain(seed, refresh):
     from onnxverify.bounds.optimized import torch_backend
     from onnxverify.verify.beta import DomainBatch, bound_domains
@@ -209,6 +212,42 @@ def test_branch_and_bound_complete_on_tiny_nets(acts, seed):
             got = e.verdict
             assert s.found is not None and s.found[1][0] <= b
         assert got == expect, (acts, seed, b, m, stats)
+
+
+def test_branch_and_bound_splits_sigmoid_neurons():
+    """A ReLU -> Sigmoid net: the Sigmoid layer cannot be encoded exactly (no MILP leaf), so
+    only splitting its neurons narrows their lines; a threshold just below the minimum that
+    alpha-CROWN at the root cannot prove is proved, one just above is refuted with a
+    counterexample."""
+    from scipy.optimize import minimize
+
+    from onnxverify.bounds.optimized import alpha_crown
+    from onnxverify.specs.input_sets import Box
+    from onnxverify.verify.bab import BabSettings, neuron_bab
+    from onnxverify.verify.deadline import Decided
+
+    g = ir_nets.dense_net(7, sizes=(3, 7, 6, 1), acts=("Relu", "Sigmoid"), eta=0.1, scale=2.0)
+    lo, hi = -np.ones(3), np.ones(3)
+    r = np.ones(1)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 41)] * 3), -1).reshape(-1, 3)
+    ys = ir_nets.outputs(g, grid) @ r
+    f = lambda x: float(ir_nets.outputs(g, x[None])[0] @ r)  # noqa: E731
+    m = min(minimize(f, grid[i], bounds=[(-1, 1)] * 3, method="L-BFGS-B").fun for i in np.argsort(ys)[:10])
+    root = float(alpha_crown(g, Box(lo[None], hi[None]), r[None], iters=20, upper=False).lower[0, 0])
+    b_proved = m - 0.05 * (m - root)
+    assert root < b_proved < m
+    for b, expect in ((b_proved, True), (m + 0.01, "sat")):
+        s = StubSolver(g, timeout=120.0)
+        P, a0 = _problem(g, lo, hi, r[None], np.array([b]))
+        assert "z1" in P.split_nodes  # the Sigmoid's input
+        stats = {}
+        try:
+            got = neuron_bab(s, _CS(Case(lo, hi, [(r[None], np.array([b]))])), P, a0, np.ones(1, bool), stats,
+                             BabSettings())
+        except Decided as e:
+            got = e.verdict
+            assert s.found[1][0] <= b
+        assert got == expect, (b, m, root, stats)
 
 
 def test_cascade_runs_the_complete_steps(tmp_path):

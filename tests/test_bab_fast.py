@@ -48,7 +48,7 @@ def _inside(vals, P, doms, i, n):
 
 
 @pytest.mark.parametrize("fast_dtype,propagate", [(np.float32, True), (np.float32, False), (None, False)])
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_fast_paths_sound_on_each_subdomain(seed, fast_dtype, propagate):
     from onnxverify.bounds.optimized import torch_backend
     from onnxverify.verify.beta import bound_domains
@@ -179,7 +179,8 @@ def test_children_split_on_several_neurons_cover_every_sign_combination():
     K = 2
     parent = {"node": np.array([0]), "idx": np.array([4]), "side": np.array([1]), "t": np.array([0.0]),
               "beta": np.ones((1, K), np.float32), "alpha": np.zeros((1, K, 3), np.float16),
-              "open": np.ones(1, bool), "split": [(0, 1, 0.0), (1, 2, 0.5), (1, 3, -0.5)]}
+              "open": np.ones(1, bool), "lower": np.array([-1.0, 2.0]),
+              "split": [(0, 1, 0.0), (1, 2, 0.5), (1, 3, -0.5)]}
     for depth, n in ((1, 2), (2, 4), (3, 8), (5, 8)):
         kids = _children([parent], K, depth)
         assert len(kids) == n
@@ -191,6 +192,7 @@ def test_children_split_on_several_neurons_cover_every_sign_combination():
             np.testing.assert_array_equal(k["idx"], [4] + [c[1] for c in parent["split"][:d]])
             np.testing.assert_array_equal(k["t"], [0.0] + [c[2] for c in parent["split"][:d]])
             assert k["beta"].shape == (1 + d, K) and np.all(k["beta"][1:] == 0) and k["beta"][0, 0] == 1
+            np.testing.assert_array_equal(k["lower"], parent["lower"])  # the floor of the children's bounds
 
 
 def _conv_problem(rng):
@@ -233,7 +235,9 @@ def test_first_layer_trials_equal_a_trial_pass(which):
     bk = torch_backend()
     res = bound_domains(bk, P, doms, a0, iters=0, scores=True, propagate=False, capture=first.capture_names())
     lo, hi = (v.reshape(len(doms), -1) for v in res["bounds"][P.split_nodes[0]])
-    cand = [(b, j) for b in range(len(doms)) for j in np.flatnonzero((lo[b] < 0) & (hi[b] > 0))[:6]]
+    gL, gU = res["scores"][P.split_rules[0].name]  # intercept gradients: the neurons the bound sees
+    seen = (np.abs(gL) + np.abs(gU)).reshape(len(doms), 2, -1).sum(axis=1) > 1e-9
+    cand = [(b, j) for b in range(len(doms)) for j in np.flatnonzero((lo[b] < 0) & (hi[b] > 0) & seen[b])[:6]]
     assert len(cand) >= 5
     bb, jj = (np.array(v) for v in zip(*cand))
     node, idx, side, t = doms.splits

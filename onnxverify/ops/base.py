@@ -156,6 +156,8 @@ class OpRule:
     mixes = False
     #: neuron status names (``stats``), or None for ops without statuses
     statuses: tuple | None = None
+    #: branch and bound may split the (single) input of this op (:meth:`split_points`)
+    splittable = False
 
     # -- evaluation --------------------------------------------------------------------------------
     def forward(self, bk, node, *xs):
@@ -182,6 +184,13 @@ class OpRule:
         if self.affine:
             return None
         return (lo < hi) | (lo >= hi)
+
+    def split_points(self, bk, node, l, u):
+        """Thresholds ``t`` (arrays broadcastable to ``l``) at which branch and bound may
+        split this op's input, bounded by ``l, u (B, *shape)``, into ``<= t`` and ``>= t``
+        (:attr:`splittable` rules only). Default: the rule's ``branch_points``, where the op
+        is piecewise linear (each piece is then exact)."""
+        return self.branch_points(bk, node, l)
 
     def status_codes(self, node, lo, hi) -> np.ndarray:
         """Indices into :attr:`statuses` per neuron, from NumPy bounds of the op's input."""

@@ -235,6 +235,8 @@ class ParamRamp(ElementwiseRule):
         free_up = right_unstable | unstable
         return aL, bk.where(free_lo, bL * 0, bL), aU, bU, r1, free_lo, free_up, s_hi_low - eta, s_hi_up - eta
 
+    splittable = True
+
     def branch_points(self, bk, node, l):
         """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""
         return [l * 0, l * 0 + bend(bk, node.params["r"], l.dtype)]

@@ -104,6 +104,8 @@ class Relu(ElementwiseRule):
         aL, bL, aU, bU, unstable = per_bounds(cache, node, l, u, fixed)
         return bk.where(unstable, a * (1.0 - eta) + eta, aL), bL, aU, bU
 
+    splittable = True
+
     def branch_points(self, bk, node, l):
         """Split thresholds (arrays broadcastable to ``l``): the op is linear between them."""
         return [l * 0]

@@ -5,10 +5,13 @@ round pops a batch, splits each subdomain on the neuron chosen when it was bound
 children: ``h >= t`` and ``h <= t``; while few subdomains are open, on its ``d`` best
 neurons at once, ``2^d`` children, so that the batch fills), bounds every child at once with
 optimised lines and split multipliers (:func:`~.beta.bound_domains`: Adam steps in float32
-warm-started from the parent, the bounds from a last pass in the problem's dtype), drops the
+warm-started from the parent, the bounds from a last pass in the problem's dtype, never below
+the parent's: they hold on the child's subdomain too), drops the
 children whose every open disjunct is proved, tries the minimisers of the children's linear
 bounds as counterexamples (onnxruntime confirms), decides the next split of each remaining
-child (:mod:`.branching`) and queues it. A child with nothing left to split is linear on
+child (:mod:`.branching`) and queues it. Sigmoid / Tanh neurons are split too (at 0 or the
+middle of their interval: narrower intervals, tighter lines; never exact, so only the
+proofs, not the splits, end such a search). A child with nothing left to split is linear on
 its subdomain: an LP decides it exactly (:func:`~.milp.solve_leaf`). The stall rule: a
 child whose worst margin has not improved over ``stall_k`` splits in a row (or that has
 ``milp_depth`` splits) gets the exact MILP of its subdomain (its clamped bounds as big-M,
@@ -104,7 +107,7 @@ def _children(parents, K, depth=1):
             kids.append({"node": np.append(r["node"], k), "idx": np.append(r["idx"], j),
                          "side": np.append(r["side"], signs), "t": np.append(r["t"], t),
                          "beta": np.concatenate([r["beta"], np.zeros((d, K), np.float32)]),
-                         "alpha": r["alpha"], "open": r["open"], "m": r.get("m", -np.inf),
+                         "alpha": r["alpha"], "open": r["open"], "m": r.get("m", -np.inf), "lower": r["lower"],
                          "stall": r.get("stall", 0), "milp_next": r.get("milp_next", 0),
                          "milp_dnext": r.get("milp_dnext", 0)})
     return kids
@@ -116,7 +119,8 @@ def _records(doms, res, P, open_now):
     for i in range(len(doms)):
         keep = node[i] >= 0
         out.append({"node": node[i][keep], "idx": idx[i][keep], "side": side[i][keep], "t": t[i][keep],
-                    "beta": res["beta"][i][keep], "alpha": res["alpha"][i].astype(np.float16), "open": open_now[i]})
+                    "beta": res["beta"][i][keep], "alpha": res["alpha"][i].astype(np.float16), "open": open_now[i],
+                    "lower": res["lower"][i]})
     return out
 
 
@@ -386,6 +390,8 @@ class _Search:
             doms = _batch(kids, P, K)
             ts = time.monotonic()
             res = self.bound(doms, self.cfg.iters, True)
+            # a parent's bound holds on its children's subdomains too: a child keeps the better
+            res["lower"] = np.maximum(res["lower"], np.stack([r["lower"] for r in kids]))
             self.stats["bounded"] += len(kids)
             self.stats["rounds"] += 1
             complete &= self.settle(doms, res, kids)

@@ -1,7 +1,7 @@
 """Bounding a batch of subdomains with split constraints (beta-CROWN, Wang et al. 2021).
 
 A subdomain is the input box plus split constraints ``side (h_j - t) >= 0`` on neurons of
-*split nodes* (inputs of nonlinear rules with ``branch_points``: ``h >= t`` for ``side =
+*split nodes* (inputs of :attr:`~onnxverify.ops.base.OpRule.splittable` rules: ``h >= t`` for ``side =
 +1``, ``h <= t`` for ``-1``). Its intermediate bounds are the root's, clamped by its splits
 (the split neurons' relaxations become exact on their piece). The constraints enter the
 backward pass as Lagrangian terms (the ``extra`` hook): for multipliers ``beta >= 0``,
@@ -72,7 +72,7 @@ class BabProblem:
         self.split_nodes, self.split_rules = [], []  # bound node names, their splitting consumer
         for n in g.computed:
             rule = rule_of(n)
-            if hasattr(rule, "branch_points") and len(n.inputs) == 1 and n.inputs[0] not in self.split_nodes:
+            if rule.splittable and len(n.inputs) == 1 and n.inputs[0] not in self.split_nodes:
                 self.split_nodes.append(n.inputs[0])
                 self.split_rules.append(n)
         self.opt_nodes = [n for n in g.computed if optimizable(n) and n.name in g.ancestors(g.output)]

@@ -1,8 +1,9 @@
 """Which neuron to split: a BaBSR-style estimate, then filtered smart branching (FSB).
 
-Estimate (our reading of BaBSR, Bunel et al. 2020, for any rule with ``branch_points``):
-splitting neuron ``j`` of a split node at threshold ``t`` makes its relaxation exact at
-``t`` in both children. The output bound loses, at that neuron, ``|dB/db_U| * gap_U(t) +
+Estimate (our reading of BaBSR, Bunel et al. 2020, for any splittable rule at its
+``split_points``): splitting neuron ``j`` of a split node at threshold ``t`` makes its
+relaxation exact at ``t`` in both children (for a piecewise-linear rule; an S-shaped one's
+lines then touch it near ``t``). The output bound loses, at that neuron, ``|dB/db_U| * gap_U(t) +
 dB/db_L * gap_L(t)``, where ``dB/db`` are the bound's sensitivities to the neuron's upper and
 lower line intercepts (from autograd: ``neg(A)`` and ``pos(A)`` of the backward pass) and
 ``gap_U(t) = upper line(t) - f(t)``, ``gap_L(t) = f(t) - lower line(t)``; for ReLU at 0 this is
@@ -46,7 +47,7 @@ def candidate_scores(P, res):
         rule = rule_of(node)
         g = res["scores"].get(node.name)
         lines = res["lines"].get(node.name)
-        for t in rule.branch_points(NP, node, res["bounds"][name][0]):
+        for t in rule.split_points(NP, node, *res["bounds"][name]):
             t = np.broadcast_to(np.asarray(t, dtype=np.float64), res["bounds"][name][0].shape).reshape(B, N)
             ok = (lo < t) & (t < hi)
             width = np.minimum(t - lo, hi - t)

@@ -58,7 +58,7 @@ def root_bounds(s, cs, R, b, owner, J, dtype, tol, iters=30):
     torch_backend()  # the import (seconds on a busy machine) is not part of the cost estimate below
     kw = dict(strategy="adaptive", dtype=dtype, upper=False, objective=objective, done=done,
               max_memory=s.max_memory, patience=8)
-    if not any(hasattr(rule_of(n), "branch_points") for n in s.net.graph.computed):
+    if not any(rule_of(n).splittable for n in s.net.graph.computed):
         # nothing to split (Sigmoid/Tanh nets): branch and bound cannot follow, the time goes here
         return alpha_crown(s.net.graph, box, R, iters=10 * iters, **kw,
                            deadline=min(s.deadline, time.monotonic() + 0.85 * s.remaining()))

@@ -68,8 +68,7 @@ def split_policy(s):
     the complete steps take their turn and splitting resumes after them."""
     from ..ops import rule_of
 
-    if not getattr(s, "complete", False) or not any(hasattr(rule_of(n), "branch_points")
-                                                    for n in s.net.graph.computed):
+    if not getattr(s, "complete", False) or not any(rule_of(n).splittable for n in s.net.graph.computed):
         return None
     dims = max(n_free(cs) for cs in s.open_cases())
 
