@@ -100,16 +100,44 @@ def test_runner_kills_hung_and_crashed_workers(tmp_path):
     assert names["hang"] == "timeout" and names["crash"] == "error"
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics")
-def test_memory_blow_up_is_an_error_row(tmp_path):
-    for name in ("oom.onnx", "fine.onnx"):
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA semantics")
+def test_memory_blow_up_is_an_error_row_and_retires_the_worker(tmp_path):
+    import json
+
+    for name in ("oom.onnx", "fine.onnx", "fine2.onnx"):
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / "instances.csv").write_text("oom.onnx,p.vnnlib,20\nfine.onnx,p.vnnlib,20\n")
+    (tmp_path / "instances.csv").write_text("fine.onnx,p.vnnlib,20\noom.onnx,p.vnnlib,20\nfine2.onnx,p.vnnlib,20\n")
     res = run_instances([(read_instances(tmp_path / "instances.csv"), str(tmp_path / "out"))], workers=1,
                         progress=False, fn=fake_task, mem_limit=4 * 2**30)
     got = {r["onnx"]: r["result"] for r in res[str(tmp_path / "out")]}
-    assert got == {"oom.onnx": "error", "fine.onnx": "unknown"}
-    assert "MemoryError" in (tmp_path / "out" / "log.jsonl").read_text()
+    assert got == {"oom.onnx": "error", "fine.onnx": "unknown", "fine2.onnx": "unknown"}
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert "MemoryError" in next(e["message"] for e in log if e["onnx"] == "oom.onnx")
+    pid = {e["onnx"]: e["where"]["pid"] for e in log}
+    assert pid["fine.onnx"] == pid["oom.onnx"] != pid["fine2.onnx"]  # a fresh worker after the failure
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA semantics")
+def test_memory_limit_caps_allocations_not_mapped_libraries():
+    """The cap is on data: a process that maps a large file (like the libraries of torch's
+    CUDA build) keeps its whole allowance for allocations."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import mmap, tempfile, numpy as np
+        from onnxverify.vnncomp.task import set_memory_limit
+        f = tempfile.TemporaryFile(); f.truncate(3 * 2**30)
+        mapped = mmap.mmap(f.fileno(), 3 * 2**30, prot=mmap.PROT_READ)  # 3 GB of address space, no data
+        set_memory_limit(2 * 2**30)
+        a = np.ones(2**27)  # 1 GB: allowed
+        try:
+            np.ones(2**28 + 2**27)  # 3 GB: over the cap
+        except MemoryError:
+            print("capped")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "capped", out.stderr
 
 
 def test_timeout_cap_applies(bench):

@@ -1,9 +1,11 @@
 """The local engine: long-lived worker processes on this machine.
 
 :func:`run_local` keeps ``workers`` worker processes (spawned, not forked, each with an
-address-space limit), hands each one instance at a time, kills a worker that overruns its
+memory limit), hands each one instance at a time, kills a worker that overruns its
 instance's timeout by more than ``grace`` seconds (the row says ``timeout``), and gives an
-instance whose worker dies one retry on a fresh worker before its ``error`` row. Workers
+instance whose worker dies one retry on a fresh worker before its ``error`` row, and
+replaces a worker after an error that may leave its process broken (out of memory:
+:func:`~.task.spoils_process`). Workers
 return verdicts; the driver (:class:`~onnxverify.vnncomp.sink.ResultSink`) writes them.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 
 from .sink import ResultSink, record_fault
-from .task import THREAD_VARS, set_memory_limit, verify_task
+from .task import THREAD_VARS, set_memory_limit, spoils_process, verify_task
 
 __all__ = ["run_local"]
 
@@ -37,6 +39,9 @@ def _worker_main(conn, fn, mem_limit, preload):
             out = fn(task)
         except BaseException as e:  # the task function itself failed: report, keep serving
             out = {"result": "error", "time": 0.0, "message": f"{type(e).__name__}: {e}"}
+        if spoils_process(out):  # e.g. out of memory: report, then make way for a fresh worker
+            conn.send({**out, "retire": True})
+            return
         conn.send(out)
 
 
@@ -135,8 +140,12 @@ def run_local(tasks, sink: ResultSink, fn, workers: int = 1, grace: float = 2.0,
                         out = None
                     if out is not None:
                         w.task = None
+                        retire = out.pop("retire", False)
                         sink.finish(task, {"time": now - w.started, **out,
                                            "where": {"engine": "local", "pid": w.proc.pid}})
+                        if retire:  # its process may be broken: the next instance gets a fresh one
+                            w.stop()
+                            pool.remove(w)
                         continue
                 if not w.proc.is_alive() or (w.proc.sentinel in ready and not w.conn.poll()):
                     code = w.proc.exitcode

@@ -10,7 +10,7 @@ import time
 
 from .results import write_result
 
-__all__ = ["THREAD_VARS", "default_memory_limit", "set_memory_limit", "verify_task"]
+__all__ = ["THREAD_VARS", "default_memory_limit", "set_memory_limit", "verify_task", "spoils_process"]
 
 #: thread-pool sizes BLAS/OpenMP read at import time in a worker
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -38,7 +38,7 @@ def verify_task(task: dict) -> dict:
 
 
 def default_memory_limit(workers: int):
-    """Address-space limit per worker: 80% of RAM shared among the workers (>= 2 GB)."""
+    """Memory limit per worker (:func:`set_memory_limit`): 80% of RAM shared among the workers (>= 2 GB)."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -47,11 +47,29 @@ def default_memory_limit(workers: int):
 
 
 def set_memory_limit(mem_limit) -> None:
-    """Cap this process's address space at ``mem_limit`` bytes (no-op where unsupported)."""
+    """Cap the memory this process can allocate at ``mem_limit`` bytes (no-op where
+    unsupported): its data (heap and private anonymous mappings, ``RLIMIT_DATA``, Linux >=
+    4.7), not its address space, which mapped libraries inflate without using memory (the
+    CUDA build of torch maps ~3 GB: with 2 workers on 24 GB, an address-space cap of 9 GB
+    left big CIFAR instances ~6 GB and their allocations failed); ``RLIMIT_AS`` where there
+    is no ``RLIMIT_DATA``."""
     if mem_limit:
         try:
             import resource
 
-            resource.setrlimit(resource.RLIMIT_AS, (int(mem_limit), int(mem_limit)))
+            kind = getattr(resource, "RLIMIT_DATA", None) or resource.RLIMIT_AS
+            resource.setrlimit(kind, (int(mem_limit), int(mem_limit)))
         except (ImportError, ValueError, OSError):
             pass
+
+
+#: messages of failures after which a process's libraries may be left broken (an
+#: allocation failing inside torch leaves its oneDNN kernels unable to create primitives)
+_SPOILING = ("MemoryError", "out of memory", "can't allocate memory", "Cannot allocate memory",
+             "could not create a primitive")
+
+
+def spoils_process(out: dict) -> bool:
+    """Whether the task result ``out`` is an error after which the worker should be replaced
+    by a fresh process rather than run the next instance."""
+    return out.get("result") == "error" and any(s in (out.get("message") or "") for s in _SPOILING)
