@@ -114,8 +114,8 @@ def test_theorem2_ordering_benchmark_networks(stem):
 def test_crown_beats_ibp_on_a_deep_sigmoid_network():
     """eran's ffnnSIGMOID 6x200 at its benchmark eps 0.012 (margins of image 3991, label 6):
     with the steep extreme tangent on intervals that straddle 0, CROWN's margins were 3-10x
-    looser than IBP's (worst -383 vs -42); with the middle of the tangent range every margin
-    is far tighter than IBP's, and the CROWN pass stays sound on sampled inputs."""
+    looser than IBP's (worst -383 vs -42); with either strategy's tangent every margin is far
+    tighter than IBP's (``adaptive``: all but one positive), and both stay sound on samples."""
     from onnxverify.specs.vnnlib import parse_vnnlib
 
     path = next(p for p in benchmark_networks() if p.stem == "ffnnSIGMOID__Point_6x200")
@@ -125,12 +125,44 @@ def test_crown_beats_ibp_on_a_deep_sigmoid_network():
     iset = ov.Box(case.x_lower.reshape(shape), case.x_upper.reshape(shape))
     spec = ov.margin_spec([6], net.n_outputs)
     ibp = net.bounds(iset, method="ibp", spec=spec, dtype=np.float64)
-    crown = net.bounds(iset, method="crown", spec=spec, dtype=np.float64, intersect_ibp=False)
-    assert np.all(crown.lower > ibp.lower + 0.5 * np.abs(ibp.lower))
     rng = np.random.default_rng(0)
     pts = nets.sample_box(rng, case.x_lower, case.x_upper, 500)
     ys = net.forward(pts.reshape((-1,) + tuple(net.input_shape))) @ np.asarray(spec).reshape(-1, net.n_outputs).T
-    assert np.all(ys >= crown.lower.reshape(1, -1) - 1e-6)
+    for strategy in ("adaptive", "tight"):
+        crown = net.bounds(iset, method="crown", spec=spec, strategy=strategy, dtype=np.float64, intersect_ibp=False)
+        assert np.all(crown.lower > ibp.lower + 0.5 * np.abs(ibp.lower)), strategy
+        assert np.all(ys >= crown.lower.reshape(1, -1) - 1e-6), strategy
+        if strategy == "adaptive":
+            assert np.sum(crown.lower > 0) >= 8
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh"])
+def test_s_shaped_tight_tangent_minimises_the_gap_area(op):
+    """On intervals that straddle 0, the tight strategy's upper line is the valid tangent with the
+    least area between it and f (checked against every tangent of a grid over the valid
+    range), and it lies above f."""
+    from onnxverify.ir import Node
+    from onnxverify.ops import rule_of
+    from onnxverify.ops.sigmoid import s_tangent_range
+
+    bk = ov.get_backend("numpy")
+    node = Node("s", op, ("x",), shape=(1,))
+    rule = rule_of(node)
+    f = lambda z: np.asarray(rule.forward(bk, node, z))  # noqa: E731
+    df = lambda z: np.asarray(rule.df(bk, z))  # noqa: E731
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        l, u = -rng.uniform(0.1, 8), rng.uniform(0.1, 8)
+        L, U = np.array([[l]]), np.array([[u]])
+        aL, bL, aU, bU = (float(np.ravel(v)[0]) for v in rule.lines(bk, node, L, U, "tight"))
+        z = np.linspace(l, u, 4001)
+        assert np.all(aU * z + bU >= f(z) - 1e-9) and np.all(aL * z + bL <= f(z) + 1e-9)
+        d_lo, d_hi, ok = (float(np.ravel(v)[0]) for v in s_tangent_range(bk, f, df, L, U))
+        if not ok:
+            continue
+        area = lambda d: np.mean(f(d) + df(d) * (z - d) - f(z))  # noqa: E731
+        best = min(area(d) for d in np.linspace(d_lo, d_hi, 201))
+        assert np.mean(aU * z + bU - f(z)) <= best + 1e-6
 
 
 @pytest.mark.parametrize("name", ["mlp_relu", "mlp_leaky"])

@@ -3,14 +3,23 @@
 Bounding lines as in CROWN: on a concave piece the upper line is the tangent at the midpoint
 and the lower line the chord; on a mixed interval the tangents at ``d`` in ``[d*, u]`` are
 upper lines, ``d*`` the point whose tangent passes through ``(l, f(l))`` (found by
-bisection), and the one at the middle of that range is used (or the chord when no tangent
-fits). Lower lines follow by symmetry: ``f(z) = 2c - f(-z)`` with ``c = f(0)``.
+bisection), or the chord when no tangent fits. Lower lines follow by symmetry: ``f(z) = 2c -
+f(-z)`` with ``c = f(0)``. Which tangent of the range, by strategy:
 
-The middle of the range, not ``d*`` itself: ``d*``'s tangent is the steepest, and on the wide
-mixed intervals of deep sigmoid nets its gap at the interval's far end dominates the bound
-(eran's ffnnSIGMOID 6x200, pre-activation widths of layers 2 / 3 / 4 under CROWN: 4.12 /
-9.40 / 23.1 with ``d*``, 3.15 / 5.43 / 6.50 with the middle; auto_LiRPA 0.7.1: 3.22 / 5.72 /
-7.68).
+* ``adaptive`` (default): the middle of the range, ``(d* + u) / 2``;
+* ``tight``: the one nearest the interval's midpoint, ``max(d*, (l + u) / 2)``, which
+  minimises the area between line and f (auto_LiRPA's CROWN gives the same bounds).
+
+Neither dominates, and ``verify`` runs both. The default is the middle because alpha-CROWN
+and branch and bound start from it better: on a 3-7-6-1 ReLU -> Sigmoid net branch and bound
+proved a threshold in 577 subdomains from it and stalled at -0.0025 after 42k from the
+other; on eran's net alpha-CROWN reaches margins 3.0-10.8 from it, 2.3-9.3 from the other. Both beat ``d*`` alone (the steepest, far from
+f at a wide interval's other end; used before session 23). Mean CROWN output widths: a
+random 20-50x5-5 Tanh MLP at eps 0.01 / 0.03 / 0.05: ``d*`` 0.633 / 15.0 / 21.8, middle
+0.626 / 12.7 / 23.0, nearest-midpoint 0.626 / 9.85 / 18.8 (auto_LiRPA 0.7.1 CROWN: 0.626 /
+9.86 / 18.8); eran's ffnnSIGMOID 6x200 (image 3991), pre-activation widths of layers 2 / 3 / 4:
+4.12 / 9.40 / 23.1, 3.15 / 5.43 / 6.50, 3.22 / 5.72 / 7.68 (auto_LiRPA 3.22 / 5.72 / 7.68),
+and margins -114..-383, -0.11..+5.0, -6.1..-1.6.
 """
 from __future__ import annotations
 
@@ -20,8 +29,11 @@ from .lines import chord, constant_lines, per_bounds
 from .registry import register
 
 
-def s_upper_line(bk, f, df, l, u, iters=30):
-    """Upper line of an S-shaped f on [l, u]."""
+def s_upper_line(bk, f, df, l, u, iters=30, middle=True):
+    """Upper line of an S-shaped f on [l, u]: on a mixed interval the tangent at the middle
+    of ``[d*, max(u, 0)]`` (``middle``) or at its point nearest the interval's midpoint (it
+    minimises the area between line and f: that area's derivative in d is ``f''(d) (m -
+    d)`` times ``u - l``, and ``f'' < 0`` there)."""
     cs, cb = chord(bk, f, l, u)
     # concave part only (l >= 0): tangent at the midpoint
     m = (l + u) / 2
@@ -36,9 +48,9 @@ def s_upper_line(bk, f, df, l, u, iters=30):
         hi = bk.where(above, mid, hi)
         lo = bk.where(above, lo, mid)
     # tangent_at(hi) >= f(l): every tangent at d in [hi, max(u, 0)] is >= f on [l, u]
-    # (s_tangent_range); the middle one, like the concave piece's midpoint: the extreme d*
-    # (through (l, f(l))) is steep and far from f on a wide interval's other end
-    d = (hi + bk.maximum(u, 0.0)) / 2
+    # (s_tangent_range); the extreme d* = hi alone is steep and far from f on a wide
+    # interval's other end
+    d = (hi + bk.maximum(u, 0.0)) / 2 if middle else bk.maximum(hi, m)
     ms, mb = df(d), f(d) - df(d) * d
     aU = bk.where(u <= 0, cs, bk.where(l >= 0, ts, bk.where(use_chord, cs, ms)))
     bU = bk.where(u <= 0, cb, bk.where(l >= 0, tb, bk.where(use_chord, cb, mb)))
@@ -102,9 +114,10 @@ class SShapedRule(ElementwiseRule):
         f, df = (lambda z: self.f(bk, z)), (lambda z: self.df(bk, z))
         if strategy == "constant":
             return constant_lines(bk, f, l, u)
-        aU, bU = s_upper_line(bk, f, df, l, u)
+        middle = strategy != "tight"  # see the module docstring
+        aU, bU = s_upper_line(bk, f, df, l, u, middle=middle)
         # an upper line (a, b) on [-u, -l] gives the lower line a z + 2c - b on [l, u]
-        aLm, bLm = s_upper_line(bk, f, df, -u, -l)
+        aLm, bLm = s_upper_line(bk, f, df, -u, -l, middle=middle)
         return aLm, 2 * self.centre - bLm, aU, bU
 
     # -- optimisable lines (alpha-CROWN) -----------------------------------------------------------
@@ -112,10 +125,20 @@ class SShapedRule(ElementwiseRule):
     alpha_count = 2
 
     def alpha_init(self, bk, node, l, u, strategy):
-        """``(a_lower, a_upper)`` ``(B, *shape)``: CROWN's lines (the tangent at the middle of
-        its range: :func:`s_upper_line`)."""
+        """``(a_lower, a_upper)`` ``(B, *shape)`` that give the strategy's lines (iteration 0
+        of alpha-CROWN is CROWN): ``adaptive`` the middle of each tangent range, ``tight``
+        the point of the range nearest the interval's midpoint (:func:`s_upper_line`)."""
         half = l * 0 + 0.5
-        return half, half
+        if strategy != "tight":
+            return half, half
+        f, df = (lambda z: self.f(bk, z)), (lambda z: self.df(bk, z))
+
+        def nearest_mid(lo, hi):
+            d_lo, d_hi, _ = s_tangent_range(bk, f, df, lo, hi)
+            a = (bk.maximum(d_lo, (lo + hi) / 2) - d_lo) / bk.maximum(d_hi - d_lo, 1e-30)
+            return bk.where(lo >= 0, half, bk.minimum(bk.maximum(a, 0.0), 1.0))
+
+        return nearest_mid(-u, -l), nearest_mid(l, u)
 
     def alpha_lines(self, bk, node, l, u, alphas, cache=None):
         """Tangent lines touching f at points chosen by ``alphas = (a_lo, a_hi)`` (``(B, K,
