@@ -29,34 +29,6 @@ from .lines import chord, constant_lines, per_bounds
 from .registry import register
 
 
-def s_upper_line(bk, f, df, l, u, iters=30, middle=True):
-    """Upper line of an S-shaped f on [l, u]: on a mixed interval the tangent at the middle
-    of ``[d*, max(u, 0)]`` (``middle``) or at its point nearest the interval's midpoint (it
-    minimises the area between line and f: that area's derivative in d is ``f''(d) (m -
-    d)`` times ``u - l``, and ``f'' < 0`` there)."""
-    cs, cb = chord(bk, f, l, u)
-    # concave part only (l >= 0): tangent at the midpoint
-    m = (l + u) / 2
-    ts, tb = df(m), f(m) - df(m) * m
-    # mixed: tangent at d in [0, u] that passes through (l, f(l)); chord if none exists
-    tangent_at = lambda d: f(d) + df(d) * (l - d)  # noqa: E731  value at l of the tangent at d
-    use_chord = tangent_at(bk.maximum(u, 0.0)) <= f(l)
-    lo, hi = l * 0, bk.maximum(u, 0.0)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        above = tangent_at(mid) >= f(l)
-        hi = bk.where(above, mid, hi)
-        lo = bk.where(above, lo, mid)
-    # tangent_at(hi) >= f(l): every tangent at d in [hi, max(u, 0)] is >= f on [l, u]
-    # (s_tangent_range); the extreme d* = hi alone is steep and far from f on a wide
-    # interval's other end
-    d = (hi + bk.maximum(u, 0.0)) / 2 if middle else bk.maximum(hi, m)
-    ms, mb = df(d), f(d) - df(d) * d
-    aU = bk.where(u <= 0, cs, bk.where(l >= 0, ts, bk.where(use_chord, cs, ms)))
-    bU = bk.where(u <= 0, cb, bk.where(l >= 0, tb, bk.where(use_chord, cb, mb)))
-    return aU, bU
-
-
 def s_tangent_range(bk, f, df, l, u, iters=30):
     """Where the upper line of an S-shaped f on ``[l, u]`` may touch f: ``(d_lo, d_hi,
     tangent)``. Where ``tangent`` holds, the tangent at every ``d`` in ``[d_lo, d_hi]`` is
@@ -91,6 +63,18 @@ def s_alpha_upper(bk, f, df, l, u, a, ranges=None):
     return bk.where(tangent, slope, cs + a * 0), bk.where(tangent, f(d) - slope * d, cb + a * 0)
 
 
+def s_tangent_fraction(bk, l, u, d_lo, d_hi, middle: bool):
+    """``a`` ``(B, *shape)`` in ``[0, 1]`` picking the tangent ``d = d_lo + a (d_hi - d_lo)`` of
+    :func:`s_tangent_range`'s range on ``[l, u]``: its middle, or (not ``middle``) its point
+    nearest the interval's midpoint ``m``, which minimises the area between line and f (that
+    area's derivative in ``d`` is ``f''(d) (m - d)`` times ``u - l``, and ``f'' < 0`` on the
+    range). On a concave piece (range ``[l, u]``) both are ``m``."""
+    if middle:
+        return l * 0 + 0.5
+    a = (bk.maximum(d_lo, (l + u) / 2) - d_lo) / bk.maximum(d_hi - d_lo, 1e-30)
+    return bk.minimum(bk.maximum(a, 0.0), 1.0)
+
+
 class SShapedRule(ElementwiseRule):
     """An S-shaped ``f`` with centre value ``centre = f(0)`` and ``f(z) = 2 centre - f(-z)``."""
 
@@ -114,31 +98,26 @@ class SShapedRule(ElementwiseRule):
         f, df = (lambda z: self.f(bk, z)), (lambda z: self.df(bk, z))
         if strategy == "constant":
             return constant_lines(bk, f, l, u)
-        middle = strategy != "tight"  # see the module docstring
-        aU, bU = s_upper_line(bk, f, df, l, u, middle=middle)
-        # an upper line (a, b) on [-u, -l] gives the lower line a z + 2c - b on [l, u]
-        aLm, bLm = s_upper_line(bk, f, df, -u, -l, middle=middle)
-        return aLm, 2 * self.centre - bLm, aU, bU
+        cache = {}  # the tangent ranges, found once for the fractions and the lines
+        init = self.alpha_init(bk, node, l, u, strategy, cache)
+        return tuple(v[:, 0] for v in self.alpha_lines(bk, node, l, u, tuple(a[:, None] for a in init), cache))
 
     # -- optimisable lines (alpha-CROWN) -----------------------------------------------------------
     #: free-line parameters per neuron: where the lower and the upper tangent touch f
     alpha_count = 2
 
-    def alpha_init(self, bk, node, l, u, strategy):
-        """``(a_lower, a_upper)`` ``(B, *shape)`` that give the strategy's lines (iteration 0
-        of alpha-CROWN is CROWN): ``adaptive`` the middle of each tangent range, ``tight``
-        the point of the range nearest the interval's midpoint (:func:`s_upper_line`)."""
-        half = l * 0 + 0.5
-        if strategy != "tight":
-            return half, half
+    def alpha_init(self, bk, node, l, u, strategy, cache=None):
+        """``(a_lower, a_upper)`` ``(B, *shape)``: the strategy's tangents (the lines of
+        :meth:`lines`, so iteration 0 of alpha-CROWN is CROWN): ``adaptive`` the middle of each
+        tangent range, ``tight`` its point nearest the interval's midpoint
+        (:func:`s_tangent_fraction`). ``cache``: see :func:`~.lines.per_bounds`."""
+        middle = strategy != "tight"  # see the module docstring
+        if middle:
+            return l * 0 + 0.5, l * 0 + 0.5
         f, df = (lambda z: self.f(bk, z)), (lambda z: self.df(bk, z))
-
-        def nearest_mid(lo, hi):
-            d_lo, d_hi, _ = s_tangent_range(bk, f, df, lo, hi)
-            a = (bk.maximum(d_lo, (lo + hi) / 2) - d_lo) / bk.maximum(d_hi - d_lo, 1e-30)
-            return bk.where(lo >= 0, half, bk.minimum(bk.maximum(a, 0.0), 1.0))
-
-        return nearest_mid(-u, -l), nearest_mid(l, u)
+        up, low = self._ranges(bk, node, l, u, f, df, cache)
+        return (s_tangent_fraction(bk, -u, -l, low[0], low[1], middle),
+                s_tangent_fraction(bk, l, u, up[0], up[1], middle))
 
     def alpha_lines(self, bk, node, l, u, alphas, cache=None):
         """Tangent lines touching f at points chosen by ``alphas = (a_lo, a_hi)`` (``(B, K,
