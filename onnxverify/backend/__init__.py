@@ -2,18 +2,18 @@
 
 ``get_backend(name)`` returns the shared instance for ``numpy`` (default), ``torch``,
 ``torch:cuda``, ``cupy`` or ``auto`` (CuPy when a GPU works, else NumPy). torch and CuPy are
-imported only when asked for.
+imported only when asked for. The first call also sets the allocator policy (:mod:`.memory`).
 """
 from __future__ import annotations
 
 import sys
 
 from ..errors import BackendError
-from . import threads
+from . import memory, threads
 from .arrays import NUMPY, ArrayModuleBackend
 from .base import Backend, window_count, window_views
 
-__all__ = ["Backend", "BackendError", "NUMPY", "get_backend", "threads", "window_count", "window_views"]
+__all__ = ["Backend", "BackendError", "NUMPY", "get_backend", "memory", "threads", "window_count", "window_views"]
 
 _BACKENDS: dict = {"numpy": NUMPY}
 
@@ -21,6 +21,7 @@ _BACKENDS: dict = {"numpy": NUMPY}
 def get_backend(name: str | Backend | None = "numpy") -> Backend:
     """``numpy`` (default), ``torch``, ``torch:cuda``, ``cupy``, or ``auto`` (cupy if a GPU works)."""
     threads.apply()
+    memory.apply()
     if isinstance(name, Backend):
         return name
     name = (name or "numpy").lower()
