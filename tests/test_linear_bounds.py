@@ -268,27 +268,44 @@ def test_windowed_backward_matches_dense(name, monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("per_row", [False, True])
-def test_line_step_shares_its_negative_part_bit_identically(backend, per_row):
-    """The elementwise backward step computes min(A, 0) once (bias, then the coefficients in
-    its memory): the same bits as the step computing it separately for each (the helpers
-    without ``neg``), both passes, shared and per-row lines, and A left unchanged."""
-    from onnxverify.backend import get_backend
-    from onnxverify.ops.generic import ElementwiseRule, line_bias
+@pytest.mark.parametrize("blocks", [False, True])
+def test_line_step_is_the_formula(backend, per_row, blocks, monkeypatch):
+    """The elementwise backward step (``Backend.through_lines``; NumPy's in cache-sized blocks
+    on two threads when ``blocks``) equals ``pos(A) lo + neg(A) hi`` and its intercept sum,
+    written out in float64, for both passes, shared and per-row lines, zero lower intercepts
+    (ReLU's) among them, and leaves ``A`` unchanged."""
+    from onnxverify.backend import blocked, get_backend, threads
+    from onnxverify.ops.generic import ElementwiseRule
 
+    if blocks:
+        monkeypatch.setattr(blocked, "BLOCKED_MIN_BYTES", 0)
+        monkeypatch.setattr(blocked, "BLOCK_BYTES", 3 * 48 * 8)  # 3 rows of 48 float64 per block
+        monkeypatch.setattr(threads, "current", lambda: 2)
     bk = get_backend(backend)
     rng = np.random.default_rng(4)
-    B, K, shape = 2, 5, (3, 4, 4)
+    B, K, shape = 2, 7, (3, 4, 4)
     t = lambda a: bk.asarray(a, dtype=np.float64)  # noqa: E731
-    lines = [t(rng.normal(size=(B, K) + shape if per_row else (B,) + shape)) for _ in range(4)]
-    AL, AU = t(rng.normal(size=(B, K) + shape)), t(rng.normal(size=(B, K) + shape))
-    copies = [np.array(bk.to_numpy(A)) for A in (AL, AU)]
-    (got,), biases = ElementwiseRule._through_lines(bk, lines, AL, AU, None)
-    aL, bL, aU, bU = (v if per_row else v[:, None] for v in lines)
+    raw = [rng.normal(size=(B, K) + shape if per_row else (B,) + shape) for _ in range(4)]
+    raw[1][...] = 0.0  # a lower line through 0: the kernel skips its intercept products
+    AL, AU = rng.normal(size=(B, K) + shape), rng.normal(size=(B, K) + shape)
+    (got,), biases = ElementwiseRule._through_lines(bk, [t(v) for v in raw], t(AL), t(AU), None)
+    aL, bL, aU, bU = (v if per_row else v[:, None] for v in raw)
     for s, A in enumerate((AL, AU)):
-        np.testing.assert_array_equal(np.asarray(bk.to_numpy(A)), copies[s])
         lo_a, lo_b, hi_a, hi_b = (aU, bU, aL, bL) if s else (aL, bL, aU, bU)
-        want = bk.line_backward(A, lo_a, hi_a)
-        bias = line_bias(bk, A, lo_b, hi_b, per_row)
-        np.testing.assert_array_equal(np.asarray(bk.to_numpy(got[s])), np.asarray(bk.to_numpy(want)))
-        np.testing.assert_array_equal(np.asarray(bk.to_numpy(biases[s])), np.asarray(bk.to_numpy(bias)))
-        assert float(np.abs(np.asarray(bk.to_numpy(want))).max()) > 0
+        pos, neg = np.maximum(A, 0), np.minimum(A, 0)
+        want = pos * lo_a + neg * hi_a
+        bias = (pos * lo_b + neg * hi_b).reshape(B, K, -1).sum(axis=2)
+        np.testing.assert_allclose(np.asarray(bk.to_numpy(got[s])), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(bk.to_numpy(biases[s])), bias, rtol=1e-12, atol=1e-12)
+        assert np.abs(want).max() > 0 and np.abs(bias).max() > 0
+
+
+def test_blocks_cover_every_entry_once():
+    """The blocks of the NumPy kernels tile an ``(n0, n1)`` index space exactly."""
+    from onnxverify.backend.blocked import blocks
+
+    for n0, n1, unit in [(1, 100, 1 << 14), (50, 3, 1 << 10), (7, 9, 1 << 21), (3, 1, 8)]:
+        hits = np.zeros((n0, n1), int)
+        for s0, s1 in blocks(n0, n1, unit):
+            hits[s0, s1] += 1
+        assert (hits == 1).all(), (n0, n1, unit)

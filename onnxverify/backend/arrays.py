@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from ..errors import BackendError
+from . import blocked as _blocked
 from . import threads as _threads
 from .base import Backend, window_views
 
@@ -33,11 +34,16 @@ class ArrayModuleBackend(Backend):
             a = a.detach().cpu().numpy()
         return self.xp.asarray(a, dtype=dtype)
 
-    def line_backward(self, A, lo_a, hi_a, neg=None):
-        out = self.xp.minimum(A, 0) if neg is None or neg.shape != A.shape else neg  # neg's memory is reused
-        out *= hi_a - lo_a
-        out += A * lo_a
-        return out
+    def scaled_owned(self, a, m):
+        if a.flags.writeable and np.broadcast_shapes(a.shape, m.shape) == a.shape and np.can_cast(m.dtype, a.dtype, "same_kind"):
+            a *= m
+            return a
+        return a * m
+
+    def through_lines(self, A, a, da, b, db):
+        if self.xp is np:  # cache-sized blocks over the policy's threads
+            return _blocked.through_lines(A, a, da, b, db)
+        return super().through_lines(A, a, da, b, db)
 
     def to_numpy(self, a):
         if self.xp is np:

@@ -159,10 +159,30 @@ class Backend:
     def broadcast_to(self, a, shape):
         return self.xp.broadcast_to(a, tuple(shape))
 
-    def line_backward(self, A, lo_a, hi_a, neg=None):
-        """``pos(A) * lo_a + neg(A) * hi_a`` (A ``(B, K, ...)``, slopes ``(B, 1, ...)``);
-        ``neg``: ``min(A, 0)`` when the caller has it (a backend may overwrite it)."""
-        return A * lo_a + (self.neg(A) if neg is None else neg) * (hi_a - lo_a)
+    def scaled_owned(self, a, m):
+        """``a * m`` (``m`` broadcast to ``a``'s shape), where the caller owns ``a`` and no
+        longer needs it: a backend may write the result into ``a``'s memory."""
+        return a * m
+
+    def through_lines(self, A, a, da, b, db):
+        """One backward step through bounding lines: coefficients ``A (N, G, X)`` (``N``
+        groups of ``G`` rows; a line array is shared by a group's rows when its axis 1 is 1)
+        meet lines ``a, da, b, db`` ``(N, 1 or G, X)`` (``b``/``db`` None: zero). Returns
+
+        * ``A a + min(A, 0) da``, ``(N, G, X)``,
+        * ``sum_x A b + min(A, 0) db``, ``(N, G)``.
+
+        A lower bound passes the lower line as ``(a, b)`` and ``da, db`` = upper minus lower
+        (``pos(A)`` meets the lower line, ``neg(A)`` the upper one); an upper bound the
+        mirror."""
+        n = self.neg(A)
+        new = A * a + n * da
+        bias = None
+        for c, v in ((A, b), (n, db)):
+            if v is not None:
+                t = self.einsum("ngx,nx->ng", c, v[:, 0]) if v.shape[1] == 1 else self.sum(c * v, axis=2)
+                bias = t if bias is None else bias + t
+        return new, (self.zeros(A.shape[:2], dtype=new.dtype) if bias is None else bias)
 
     # ---- reductions / products ----------------------------------------------------
     def sum(self, a, axis=None, keepdims=False):

@@ -30,10 +30,12 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["apply", "configure", "default_threads", "effective_threads", "threads", "torch_in_use", "use_torch"]
+__all__ = ["apply", "configure", "current", "default_threads", "effective_threads", "threads", "torch_in_use",
+           "use_torch"]
 
 #: ``blas``/``torch``: the counts applied to each pool (None: left as the library set it)
-_STATE = {"n": None, "explicit": False, "blas": None, "torch": None, "torch_in_use": False, "limiter": None}
+_STATE = {"n": None, "explicit": False, "blas": None, "torch": None, "torch_in_use": False, "limiter": None,
+          "now": None}
 
 
 def default_threads() -> int:
@@ -87,6 +89,14 @@ def configure(n: int | None = None) -> int:
     return n
 
 
+def current() -> int:
+    """The thread count the last :func:`apply` chose (what our own blocked NumPy kernels use,
+    :mod:`.blocked`: they run between the pools' calls, never beside them)."""
+    if _STATE["now"] is None:
+        apply()
+    return _STATE["now"]
+
+
 def torch_in_use() -> bool:
     return _STATE["torch_in_use"]
 
@@ -102,6 +112,7 @@ def use_torch():
 def apply():
     """Set the pools' thread counts for the current state (cheap when nothing changes)."""
     n = effective_threads()
+    _STATE["now"] = n
     blas = 1 if _STATE["torch_in_use"] else n
     # BLAS already starts with threads() threads (it reads the same variables) unless told otherwise
     untouched = _STATE["blas"] is None and blas == threads() and not fixed()

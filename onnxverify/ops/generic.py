@@ -21,12 +21,12 @@ def flat(bk, a, lead: int):
     return bk.reshape(a, tuple(a.shape[:lead]) + (-1,))
 
 
-def line_bias(bk, A, lo_b, hi_b, per_row: bool, neg=None):
+def line_bias(bk, A, lo_b, hi_b, per_row: bool):
     """The constant term ``(B, K)`` of coefficients ``A (B, K, *shape)`` through lines whose
     intercepts are ``lo_b`` (met by ``pos(A)``) and ``hi_b`` (met by ``neg(A)``): ``sum pos(A)
     lo_b + neg(A) hi_b``. Intercepts are ``(B, 1, *shape)`` (shared by every row) or, with
-    ``per_row``, ``(B, K, *shape)``. ``neg``: ``min(A, 0)`` when the caller has it."""
-    n = bk.neg(A) if neg is None else neg
+    ``per_row``, ``(B, K, *shape)``."""
+    n = bk.neg(A)
     if per_row:
         return bk.sum(flat(bk, A * lo_b + n * (hi_b - lo_b), 2), axis=2)
     return (bk.einsum("bkn,bn->bk", flat(bk, A, 2), flat(bk, lo_b[:, 0], 1))
@@ -216,30 +216,29 @@ class ElementwiseRule(OpRule):
 
     def backward_patches(self, bk, node, step, PL, PU):
         """The lines read at each group's window (:func:`~.patches.take`: zero outside the
-        node, so the new patches keep zeros there). For a lower bound ``A`` (mirrored for an
-        upper bound): ``A aL + min(A, 0) (aU - aL)``, bias ``<A, bL> + <min(A, 0), bU - bL>``
-        -- the dense step's arithmetic. Lines shared by all rows ``(B, *shape)`` or one per
-        row ``(B, K, *shape)`` (optimised slopes); the six arrays are read in one gather."""
+        node, so the new patches keep zeros there), then the dense step's arithmetic
+        (:meth:`~onnxverify.backend.base.Backend.through_lines`) on each group's rows. Lines
+        shared by all rows ``(B, *shape)`` or one per row ``(B, K, *shape)`` (optimised
+        slopes); the six arrays are read in one gather."""
         aL, bL, aU, bU = step.relax
-        C = aL.shape[-3]
         lines = bk.concat([aL, bL, aU, bU, aU - aL, bU - bL], axis=aL.ndim - 3)
         t_l = take(bk, lines, PL)
         t_u = None if PU is None else (t_l if PU is PL or PU.same_geometry(PL) else take(bk, lines, PU))
 
-        def through(P, t, s):
-            a, b = (t[:, :, :, 0:C], t[:, :, :, C:2 * C]) if s == 0 else (t[:, :, :, 2 * C:3 * C], t[:, :, :, 3 * C:4 * C])
-            da, db = t[:, :, :, 4 * C:5 * C], t[:, :, :, 5 * C:]
-            A = P.grouped(bk)
-            n = bk.minimum(A, 0.0)
-            new = A * a + n * da if s == 0 else A * a - n * da
-            bias = inner(bk, P, A, b)
-            bias = bias + inner(bk, P, n, db) if s == 0 else bias - inner(bk, P, n, db)
-            return P.like(P.ungrouped(bk, new)), bias
+        def through(P, t, upper):
+            B, U, G = P.data.shape[0], P.groups, P.group
+            A = bk.reshape(P.data, (B * U, G, -1))
+            t = bk.reshape(t, (B * U, t.shape[2], 6, -1))  # (B U, 1 or G, line, C ph pw): views
+            if upper:  # pos(A) meets the upper line
+                new, bias = bk.through_lines(A, t[:, :, 2], -t[:, :, 4], t[:, :, 3], -t[:, :, 5])
+            else:
+                new, bias = bk.through_lines(A, t[:, :, 0], t[:, :, 4], t[:, :, 1], t[:, :, 5])
+            return P.like(bk.reshape(new, P.data.shape)), bk.reshape(bias, (B, U * G))
 
-        lo, bl = through(PL, t_l, 0)
+        lo, bl = through(PL, t_l, False)
         if PU is None:
             return [(lo, None)], (bl, None)
-        hi, bu = through(PU, t_u, 1)
+        hi, bu = through(PU, t_u, True)
         return [(lo, hi)], (bl, bu)
 
     @staticmethod
@@ -251,19 +250,19 @@ class ElementwiseRule(OpRule):
         row and neuron: optimised slopes, alpha-CROWN); ``win`` crops them to a window.
         Returns ``[(AL', AU')], (bias_L, bias_U)`` as :meth:`OpRule.backward_linear` does."""
         per_row = relax[0].ndim == AL.ndim
+        B, K = AL.shape[:2]
 
-        def view(v):
+        def view(v):  # (B, 1 or K, X)
             v = v if per_row else v[:, None]
-            return v if win is None else v[:, :, :, win[0]:win[1], win[2]:win[3]]
+            v = v if win is None else v[:, :, :, win[0]:win[1], win[2]:win[3]]
+            return bk.reshape(v, (B, v.shape[1], -1))
 
         aL, bL, aU, bU = (view(v) for v in relax)
-        row_b = bL.shape[1] != 1 or bU.shape[1] != 1  # per-row slopes may share their intercepts (ReLU's)
 
-        def side(A, upper):  # min(A, 0) once: the bias reads it, then the step may reuse its memory
+        def side(A, upper):
             lo_a, lo_b, hi_a, hi_b = (aU, bU, aL, bL) if upper else (aL, bL, aU, bU)
-            n = bk.neg(A)
-            bias = line_bias(bk, A, lo_b, hi_b, row_b, neg=n)
-            return [bk.line_backward(A, lo_a, hi_a, neg=n)], bias
+            new, bias = bk.through_lines(bk.reshape(A, (B, K, -1)), lo_a, hi_a - lo_a, lo_b, hi_b - lo_b)
+            return [bk.reshape(new, A.shape)], bias
 
         return each_side(AL, AU, side)
 

@@ -96,12 +96,14 @@ class Patches:
         rows, cols = (r >= 0) & (r < H), (c >= 0) & (c < W)
         return (rows[:, :, :, None] & cols[:, :, None, :])[:, :, None, None]
 
-    def cleaned(self, bk) -> "Patches":
-        """The same coefficients with every position outside the node set to zero."""
+    def cleaned(self, bk, owned: bool = False) -> "Patches":
+        """The same coefficients with every position outside the node set to zero (with
+        ``owned``, the caller's data may be overwritten: it has no other use)."""
         if not any(self.margins()):
             return self
         mask = bk.asarray(self.inside(), dtype=self.data.dtype)
-        return self.like(self.ungrouped(bk, self.grouped(bk) * mask))
+        A = self.grouped(bk)
+        return self.like(self.ungrouped(bk, bk.scaled_owned(A, mask) if owned else A * mask))
 
     def covers_node(self) -> bool:
         """The window is at least as large as the node: dense coefficients are no larger."""
@@ -259,4 +261,4 @@ def transposed(bk, P: Patches, data, stride, pads, in_shape) -> Patches:
     B, K = P.data.shape[:2]
     data = data if data.ndim == 5 else bk.reshape(data, (B, K) + tuple(data.shape[1:]))
     out = Patches(data, P.top * stride[0] - pads[0], P.left * stride[1] - pads[1], tuple(in_shape))
-    return out.cleaned(bk)
+    return out.cleaned(bk, owned=True)
