@@ -309,3 +309,32 @@ def test_blocks_cover_every_entry_once():
         for s0, s1 in blocks(n0, n1, unit):
             hits[s0, s1] += 1
         assert (hits == 1).all(), (n0, n1, unit)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("blocks", [False, True])
+def test_fused_and_split_dot_are_their_formulas(backend, blocks, monkeypatch):
+    """``Backend.fused`` (a chain of elementwise operations; on NumPy in blocks over two
+    threads, arrays broadcast along either blocked axis) and ``Backend.split_dot`` (Hölder's
+    box bound) equal the whole-array float64 formulas."""
+    from onnxverify.backend import blocked, get_backend, threads
+
+    if blocks:
+        monkeypatch.setattr(blocked, "BLOCKED_MIN_BYTES", 0)
+        monkeypatch.setattr(blocked, "BLOCK_BYTES", 2 * 40 * 8)
+        monkeypatch.setattr(threads, "current", lambda: 2)
+    bk = get_backend(backend)
+    rng = np.random.default_rng(7)
+    t = lambda a: bk.asarray(a, dtype=np.float64)  # noqa: E731
+    L, U = rng.normal(size=(3, 9, 5, 8)), rng.normal(size=(3, 9, 5, 8))
+    a, c = rng.normal(size=(3, 1, 5, 8)), rng.normal(size=(1, 9, 5, 8))
+    lo, hi = bk.fused(lambda a, c, L, U: (a * L + c * U, (U - L) / 2), [t(a), t(c), t(L), t(U)], 2)
+    np.testing.assert_allclose(np.asarray(bk.to_numpy(lo)), a * L + c * U, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(bk.to_numpy(hi)), (U - L) / 2, rtol=1e-13, atol=1e-13)
+    (one,) = bk.fused(lambda L: L * 3, [t(L)])
+    np.testing.assert_allclose(np.asarray(bk.to_numpy(one)), L * 3, rtol=1e-13)
+    A, p, n = rng.normal(size=(3, 11, 40)), rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
+    want = (np.maximum(A, 0) * p[:, None] + np.minimum(A, 0) * n[:, None]).sum(axis=2)
+    got = bk.split_dot(t(A), t(p), t(n))
+    np.testing.assert_allclose(np.asarray(bk.to_numpy(got)), want, rtol=1e-12, atol=1e-12)
+

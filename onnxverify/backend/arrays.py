@@ -34,6 +34,16 @@ class ArrayModuleBackend(Backend):
             a = a.detach().cpu().numpy()
         return self.xp.asarray(a, dtype=dtype)
 
+    def split_dot(self, A, p, n):
+        if self.xp is np and A.ndim == 3 and p.ndim == n.ndim == 2:
+            return _blocked.split_dot(A, p, n)
+        return super().split_dot(A, p, n)
+
+    def fused(self, fn, arrays, n_out: int = 1) -> tuple:
+        if self.xp is np:
+            return _blocked.fused(fn, list(arrays), n_out)
+        return super().fused(fn, arrays, n_out)
+
     def scaled_owned(self, a, m):
         if a.flags.writeable and np.broadcast_shapes(a.shape, m.shape) == a.shape and np.can_cast(m.dtype, a.dtype, "same_kind"):
             a *= m

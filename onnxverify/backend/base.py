@@ -159,6 +159,19 @@ class Backend:
     def broadcast_to(self, a, shape):
         return self.xp.broadcast_to(a, tuple(shape))
 
+    def split_dot(self, A, p, n):
+        """``sum_x max(A, 0) p + min(A, 0) n`` per row: ``A (B, K, X)``, ``p, n (B, X)`` ->
+        ``(B, K)`` (Hölder's bound of a box: ``p``, ``n`` its far and near corners)."""
+        return self.einsum("bkn,bn->bk", self.pos(A), p) + self.einsum("bkn,bn->bk", self.neg(A), n)
+
+    def fused(self, fn, arrays, n_out: int = 1) -> tuple:
+        """``fn(*arrays)``: a chain of elementwise operations (written with arithmetic
+        operators and this backend's elementwise methods) returning ``n_out`` arrays of the
+        broadcast shape, as a tuple. NumPy runs it in cache-sized blocks over the first two
+        axes on the thread policy's threads (:mod:`.blocked`); other backends in one go."""
+        out = fn(*arrays)
+        return tuple(out) if n_out > 1 else (out,)
+
     def scaled_owned(self, a, m):
         """``a * m`` (``m`` broadcast to ``a``'s shape), where the caller owns ``a`` and no
         longer needs it: a backend may write the result into ``a``'s memory."""

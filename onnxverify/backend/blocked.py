@@ -9,8 +9,11 @@ once, and the blocks are shared among the thread policy's threads (NumPy release
 inside its loops). Measured here on ``(1, 361, 8, 32, 14, 14)`` float32 patches (2 cores):
 72 ms whole-array, 37 ms in blocks on one thread, 21 ms on two.
 
-Only the NumPy backend uses this; torch and CuPy run the same formulas on whole arrays
-(:meth:`onnxverify.backend.base.Backend.through_lines`).
+Three kernels: :func:`through_lines` (the ReLU-family / elementwise backward step, dense
+and patch forms), :func:`split_dot` (Hölder's bound of a box) and :func:`fused` (any chain
+of elementwise operations, e.g. the centre/radius form of LBP's forward maps). Only the
+NumPy backend uses them; torch and CuPy run the same formulas on whole arrays
+(:class:`onnxverify.backend.base.Backend`).
 """
 from __future__ import annotations
 
@@ -58,8 +61,31 @@ def run(fn, parts: list):
 
 
 def _pick(a, s0, s1):
-    """The block ``[s0, s1]`` of a line array ``(N, 1 or G, X)`` (a size-1 axis is kept)."""
-    return a[s0, s1 if a.shape[1] != 1 else slice(None)]
+    """The block ``[s0, s1]`` of an array broadcast against the blocked one: an axis of
+    size 1 is kept whole."""
+    return a[s0 if a.shape[0] != 1 else slice(None), s1 if a.shape[1] != 1 else slice(None)]
+
+
+def fused(fn, arrays: list, n_out: int):
+    """``fn(*arrays)`` (a chain of elementwise operations returning ``n_out`` arrays of the
+    broadcast shape of ``arrays``, each at least 2-D) computed block by block over the first
+    two axes, on the policy's threads."""
+    shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    dtype = np.result_type(*arrays)
+    size = int(np.prod(shape)) * dtype.itemsize
+    if size < BLOCKED_MIN_BYTES or len(shape) < 2:
+        out = fn(*arrays)
+        return out if n_out > 1 else (out,)
+    outs = [np.empty(shape, dtype=dtype) for _ in range(n_out)]
+    unit = size // (shape[0] * shape[1])
+
+    def step(part):
+        got = fn(*(_pick(a, *part) for a in arrays))
+        for o, g in zip(outs, got if n_out > 1 else (got,)):
+            o[part] = g
+
+    run(step, blocks(shape[0], shape[1], unit))
+    return tuple(outs)
 
 
 def _bias(A, v):
@@ -67,6 +93,22 @@ def _bias(A, v):
     if v.shape[1] == 1:
         return np.einsum("ngx,nx->ng", A, v[:, 0])
     return np.einsum("ngx,ngx->ng", A, v)
+
+
+def split_dot(A, p, n):
+    """NumPy kernel of :meth:`onnxverify.backend.base.Backend.split_dot`: ``A (B, K, X)``,
+    ``p, n (B, X)`` -> ``sum_x max(A, 0) p + min(A, 0) n``, ``(B, K)``."""
+    B, K, X = A.shape
+    out = np.zeros((B, K), dtype=np.result_type(A, p, n))
+    parts = [(slice(None), slice(None))] if A.nbytes < BLOCKED_MIN_BYTES else blocks(B, K, X * A.itemsize)
+
+    def step(part):
+        s0, s1 = part
+        Ab = A[s0, s1]
+        out[s0, s1] = np.einsum("bkx,bx->bk", np.maximum(Ab, 0), p[s0]) + np.einsum("bkx,bx->bk", np.minimum(Ab, 0), n[s0])
+
+    run(step, parts)
+    return out
 
 
 def through_lines(A, a, da, b, db):

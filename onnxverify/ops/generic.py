@@ -43,6 +43,14 @@ def window_bias(bk, A, const, win):
     return bk.einsum("bkn,bn->bk", flat(bk, A, 2), flat(bk, c, 1))
 
 
+def _centre_radius(L, U):
+    return (L + U) / 2, (U - L) / 2
+
+
+def _ends(mid, rad):
+    return mid - rad, mid + rad
+
+
 #: elements of one pass's coefficients up to which the lower and upper passes of an affine
 #: step are stacked into one kernel call (above it the copy would cost more than the call)
 STACK_MAX = 1 << 20
@@ -114,11 +122,13 @@ class AffineRule(OpRule):
             c = self.apply(bk, node, *[m.Lc for m in maps], bias=True)
             return Maps(k, c, k, c)
         # centre/radius form: W+ L + W- U = W mid - |W| rad (two products instead of four)
-        mid = unfold(bk, self.apply(bk, node, *[fold((m.Lk + m.Uk) / 2) for m in maps], bias=False), B, n0)
-        rad = unfold(bk, self.apply_abs(bk, node, *[fold((m.Uk - m.Lk) / 2) for m in maps]), B, n0)
+        halves = [bk.fused(_centre_radius, [m.Lk, m.Uk], 2) for m in maps]
+        mid = unfold(bk, self.apply(bk, node, *[fold(c) for c, _ in halves], bias=False), B, n0)
+        rad = unfold(bk, self.apply_abs(bk, node, *[fold(r) for _, r in halves]), B, n0)
         cmid = self.apply(bk, node, *[(m.Lc + m.Uc) / 2 for m in maps], bias=True)
         crad = self.apply_abs(bk, node, *[(m.Uc - m.Lc) / 2 for m in maps])
-        return Maps(mid - rad, cmid - crad, mid + rad, cmid + crad)
+        lo, hi = bk.fused(_ends, [mid, rad], 2)
+        return Maps(lo, cmid - crad, hi, cmid + crad)
 
     def backward_linear(self, bk, node, step, AL, AU):
         """Both passes through one adjoint: the same array when ``AL is AU`` (a pass starts
@@ -201,10 +211,11 @@ class ElementwiseRule(OpRule):
         aL, bL, aU, bU = relax
         (m,) = maps
         if self.nonneg_slopes:  # lower maps scale lower maps, upper maps upper ones
-            return Maps(aL[:, None] * m.Lk, aL * m.Lc + bL, aU[:, None] * m.Uk, aU * m.Uc + bU)
+            lo_k, hi_k = bk.fused(lambda a, L, b, U: (a * L, b * U), [aL[:, None], m.Lk, aU[:, None], m.Uk], 2)
+            return Maps(lo_k, aL * m.Lc + bL, hi_k, aU * m.Uc + bU)
         pos, neg = bk.pos, bk.neg
-        lo_k = pos(aL)[:, None] * m.Lk + neg(aL)[:, None] * m.Uk
-        hi_k = pos(aU)[:, None] * m.Uk + neg(aU)[:, None] * m.Lk
+        lo_k, hi_k = bk.fused(lambda pl, nl, pu, nu, L, U: (pl * L + nl * U, pu * U + nu * L),
+                              [pos(aL)[:, None], neg(aL)[:, None], pos(aU)[:, None], neg(aU)[:, None], m.Lk, m.Uk], 2)
         return Maps(lo_k, pos(aL) * m.Lc + neg(aL) * m.Uc + bL, hi_k, pos(aU) * m.Uc + neg(aU) * m.Lc + bU)
 
     def backward_linear(self, bk, node, step, AL, AU):

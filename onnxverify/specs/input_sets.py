@@ -161,7 +161,7 @@ class Box(InputSet):
         lo = self._flat(bk, "lower", self.lower, A.dtype)
         hi = self._flat(bk, "upper", self.upper, A.dtype)
         near, far = (hi, lo) if upper else (lo, hi)
-        return bk.einsum("bkn,bn->bk", bk.pos(A), near) + bk.einsum("bkn,bn->bk", bk.neg(A), far) + c
+        return bk.split_dot(A, near, far) + c
 
     def concretize_patches(self, bk, P, c, upper: bool):
         """Hölder per row on its window, without the dense rows: ``<A, mid> +- <|A|, rad>``
