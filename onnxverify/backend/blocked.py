@@ -49,6 +49,14 @@ def blocks(n0: int, n1: int, unit_bytes: int) -> list:
     return [(slice(i, i + 1), slice(j, min(n1, j + per1))) for i in range(n0) for j in range(0, n1, per1)]
 
 
+def parts_of(n0: int, n1: int, unit_bytes: int) -> list:
+    """:func:`blocks`, or the whole array as one part when it is below
+    :data:`BLOCKED_MIN_BYTES`."""
+    if n0 * n1 * unit_bytes < BLOCKED_MIN_BYTES:
+        return [(slice(None), slice(None))]
+    return blocks(n0, n1, unit_bytes)
+
+
 def run(fn, parts: list):
     """``fn(part)`` for every part, on the thread policy's current count of threads."""
     n = min(len(parts), _threads.current())
@@ -72,19 +80,18 @@ def fused(fn, arrays: list, n_out: int):
     two axes, on the policy's threads."""
     shape = np.broadcast_shapes(*(a.shape for a in arrays))
     dtype = np.result_type(*arrays)
-    size = int(np.prod(shape)) * dtype.itemsize
-    if size < BLOCKED_MIN_BYTES or len(shape) < 2:
+    if len(shape) < 2:
         out = fn(*arrays)
-        return out if n_out > 1 else (out,)
+        return tuple(out) if n_out > 1 else (out,)
     outs = [np.empty(shape, dtype=dtype) for _ in range(n_out)]
-    unit = size // (shape[0] * shape[1])
+    unit = int(np.prod(shape[2:])) * dtype.itemsize
 
     def step(part):
         got = fn(*(_pick(a, *part) for a in arrays))
         for o, g in zip(outs, got if n_out > 1 else (got,)):
             o[part] = g
 
-    run(step, blocks(shape[0], shape[1], unit))
+    run(step, parts_of(shape[0], shape[1], unit))
     return tuple(outs)
 
 
@@ -100,14 +107,13 @@ def split_dot(A, p, n):
     ``p, n (B, X)`` -> ``sum_x max(A, 0) p + min(A, 0) n``, ``(B, K)``."""
     B, K, X = A.shape
     out = np.zeros((B, K), dtype=np.result_type(A, p, n))
-    parts = [(slice(None), slice(None))] if A.nbytes < BLOCKED_MIN_BYTES else blocks(B, K, X * A.itemsize)
 
     def step(part):
         s0, s1 = part
         Ab = A[s0, s1]
         out[s0, s1] = np.einsum("bkx,bx->bk", np.maximum(Ab, 0), p[s0]) + np.einsum("bkx,bx->bk", np.minimum(Ab, 0), n[s0])
 
-    run(step, parts)
+    run(step, parts_of(B, K, X * A.itemsize))
     return out
 
 
@@ -121,10 +127,6 @@ def through_lines(A, a, da, b, db):
     dtype = np.result_type(A, a, da)
     new = np.empty((N, G, X), dtype=dtype)
     bias = np.zeros((N, G), dtype=dtype)
-    if A.nbytes < BLOCKED_MIN_BYTES:
-        parts = [(slice(None), slice(None))]
-    else:
-        parts = blocks(N, G, X * A.itemsize)
 
     def step(part):
         s0, s1 = part
@@ -138,5 +140,5 @@ def through_lines(A, a, da, b, db):
         np.multiply(Ab, _pick(a, s0, s1), out=out)
         out += n
 
-    run(step, parts)
+    run(step, parts_of(N, G, X * A.itemsize))
     return new, bias
