@@ -21,18 +21,6 @@ def flat(bk, a, lead: int):
     return bk.reshape(a, tuple(a.shape[:lead]) + (-1,))
 
 
-def line_bias(bk, A, lo_b, hi_b, per_row: bool):
-    """The constant term ``(B, K)`` of coefficients ``A (B, K, *shape)`` through lines whose
-    intercepts are ``lo_b`` (met by ``pos(A)``) and ``hi_b`` (met by ``neg(A)``): ``sum pos(A)
-    lo_b + neg(A) hi_b``. Intercepts are ``(B, 1, *shape)`` (shared by every row) or, with
-    ``per_row``, ``(B, K, *shape)``."""
-    n = bk.neg(A)
-    if per_row:
-        return bk.sum(flat(bk, A * lo_b + n * (hi_b - lo_b), 2), axis=2)
-    return (bk.einsum("bkn,bn->bk", flat(bk, A, 2), flat(bk, lo_b[:, 0], 1))
-            + bk.einsum("bkn,bn->bk", flat(bk, n, 2), flat(bk, (hi_b - lo_b)[:, 0], 1)))
-
-
 def window_bias(bk, A, const, win):
     """``<A, const>`` per row, ``A (B, K, C, h, w)`` on window ``win`` of a ``(1, C, H, W)``
     (or ``(B, C, H, W)``) constant -> ``(B, K)``."""
@@ -213,10 +201,10 @@ class ElementwiseRule(OpRule):
         if self.nonneg_slopes:  # lower maps scale lower maps, upper maps upper ones
             lo_k, hi_k = bk.fused(lambda a, L, b, U: (a * L, b * U), [aL[:, None], m.Lk, aU[:, None], m.Uk], 2)
             return Maps(lo_k, aL * m.Lc + bL, hi_k, aU * m.Uc + bU)
-        pos, neg = bk.pos, bk.neg
+        pl, nl, pu, nu = bk.pos(aL), bk.neg(aL), bk.pos(aU), bk.neg(aU)
         lo_k, hi_k = bk.fused(lambda pl, nl, pu, nu, L, U: (pl * L + nl * U, pu * U + nu * L),
-                              [pos(aL)[:, None], neg(aL)[:, None], pos(aU)[:, None], neg(aU)[:, None], m.Lk, m.Uk], 2)
-        return Maps(lo_k, pos(aL) * m.Lc + neg(aL) * m.Uc + bL, hi_k, pos(aU) * m.Uc + neg(aU) * m.Lc + bU)
+                              [pl[:, None], nl[:, None], pu[:, None], nu[:, None], m.Lk, m.Uk], 2)
+        return Maps(lo_k, pl * m.Lc + nl * m.Uc + bL, hi_k, pu * m.Uc + nu * m.Lc + bU)
 
     def backward_linear(self, bk, node, step, AL, AU):
         return self._through_lines(bk, step.relax, AL, AU, None)

@@ -11,7 +11,7 @@ bounds the tensor before them (``index_output``, see
 from __future__ import annotations
 
 from .base import Maps, OpRule, each_side
-from .generic import line_bias
+from .generic import flat
 
 
 class RangeRule(OpRule):
@@ -32,12 +32,12 @@ class RangeRule(OpRule):
     def backward_linear(self, bk, node, step, AL, AU):
         """Zero coefficients on every input; biases ``(B, K)``: each row's coefficients
         against the end of the range on its side."""
-        lo, hi = (v[:, None] for v in step.relax)  # (B, 1, *shape): lines shared by every row
+        lo, hi = step.relax  # (B, *shape): shared by every row
 
         def side(A, upper):
             small, big = (hi, lo) if upper else (lo, hi)
             zeros = [bk.zeros(tuple(A.shape[:2]) + tuple(s), dtype=A.dtype, like=A) for s in step.in_shapes]
-            return zeros, line_bias(bk, A, small, big, per_row=False)
+            return zeros, bk.split_dot(flat(bk, A, 2), flat(bk, small, 1), flat(bk, big, 1))
 
         return each_side(AL, AU, side)
 

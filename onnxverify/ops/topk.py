@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Example, Maps, each_side, onnx_op
-from .generic import line_bias
+from .generic import flat
 from .importing import fail
 from .ranges import RangeRule
 from .registry import register
@@ -160,7 +160,6 @@ class TopKValues(_TopKRule):
     def backward_linear(self, bk, node, step, AL, AU):
         select, low, high = step.relax
         in_shape, axis = tuple(step.in_shapes[0]), node.attrs["axis"]
-        low, high = low[:, None], high[:, None]  # (B, 1, *shape)
 
         def side(A, upper):
             B, K = A.shape[:2]
@@ -168,7 +167,7 @@ class TopKValues(_TopKRule):
             spread = bk.einsum("bzmr,bmrn->bzmn", bk.reshape(rows, (B, K) + tuple(rows.shape[1:])), select)
             coef = from_rows(bk, bk.reshape(spread, (B * K,) + tuple(spread.shape[2:])), in_shape, axis)
             small, big = (high, low) if upper else (low, high)
-            return [bk.reshape(coef, (B, K) + in_shape)], line_bias(bk, A, small, big, per_row=False)
+            return [bk.reshape(coef, (B, K) + in_shape)], bk.split_dot(flat(bk, A, 2), flat(bk, small, 1), flat(bk, big, 1))
 
         return each_side(AL, AU, side)
 
